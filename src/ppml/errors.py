@@ -1,0 +1,125 @@
+"""Errors raised by ppml.
+
+Every error carries a stable string ``code`` (used in ``--json`` output), a process ``exit_code`` (used by
+the command line) and an optional ``hint`` telling the user what to do. Messages name the file, segment,
+key or setting at fault and never contain key material or plaintext.
+
+Exit codes
+----------
+====  ======================  =====================================================================
+code  class                   meaning
+====  ======================  =====================================================================
+1     PpmlError               any other failure
+2     UsageError              wrong arguments or options
+3     NotFoundError           a file, key store, key or key version does not exist
+4     IntegrityError          ciphertext or header fails authentication (tampered, truncated, ...)
+4     CorruptHeaderError      a file's header cannot be parsed
+5     KeyAccessError          a key cannot be obtained: wrong passphrase, no matching KMS, denied
+5     WrongKeyError           a data key does not match the file it was offered for
+6     AlreadyExistsError      the destination exists and ``--force`` was not given
+7     ConfigError             a setting is invalid, or an optional extra is not installed
+====  ======================  =====================================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PpmlError",
+    "UsageError",
+    "NotFoundError",
+    "IntegrityError",
+    "CorruptHeaderError",
+    "KeyAccessError",
+    "WrongKeyError",
+    "AlreadyExistsError",
+    "ConfigError",
+    "EXIT_CODES",
+]
+
+
+class PpmlError(Exception):
+    """Base class of every error ppml raises on purpose.
+
+    Parameters
+    ----------
+    message
+        What went wrong, naming the file, segment, key or setting at fault.
+    hint
+        What the user can do about it, or ``None``.
+    """
+
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class UsageError(PpmlError):
+    code = "usage"
+    exit_code = 2
+
+
+class NotFoundError(PpmlError):
+    code = "not-found"
+    exit_code = 3
+
+
+class IntegrityError(PpmlError):
+    """Authentication of a file failed.
+
+    Deliberately says only *where* (file and segment), never which check failed, in the spirit of
+    ``Fernet``'s single ``InvalidToken``.
+    """
+
+    code = "integrity"
+    exit_code = 4
+
+    def __init__(self, message: str, *, path: str | None = None, segment: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.segment = segment
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "path": self.path, "segment": self.segment}
+
+
+class CorruptHeaderError(IntegrityError):
+    code = "corrupt-header"
+
+
+class KeyAccessError(PpmlError):
+    code = "key-access"
+    exit_code = 5
+
+
+class WrongKeyError(KeyAccessError):
+    code = "wrong-key"
+
+
+class AlreadyExistsError(PpmlError):
+    code = "exists"
+    exit_code = 6
+
+
+class ConfigError(PpmlError):
+    code = "config"
+    exit_code = 7
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "other failure",
+    2: "usage error",
+    3: "not found",
+    4: "integrity failure (tampered, truncated or corrupt data)",
+    5: "key access failure (wrong passphrase, wrong or unavailable key)",
+    6: "destination exists (use --force)",
+    7: "configuration error or missing optional extra",
+}
