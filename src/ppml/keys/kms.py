@@ -1,0 +1,157 @@
+"""The key management service interface and the registry of backends.
+
+A backend holds primary keys and wraps/unwraps data keys with them. Callers never see primary-key
+material, and see data-key material only through :class:`~ppml.crypto.datakey.DataKey` handles. Backends
+are registered by name and imported only when used, like fsspec's protocols; a backend whose optional
+dependencies are missing says which extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ppml.crypto.datakey import DataKey
+from ppml.crypto.envelope import WrappedKey
+from ppml.errors import ConfigError, UsageError
+
+__all__ = [
+    "KeyManagementService",
+    "PrimaryKeyInfo",
+    "KeyVersionInfo",
+    "register_kms",
+    "kms_class",
+    "open_kms",
+    "available_kms",
+]
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    version: str
+    state: str  # "enabled" | "retired"
+    created: str
+
+
+@dataclass(frozen=True)
+class PrimaryKeyInfo:
+    """Public facts about a primary key; never its material."""
+
+    kms: str
+    name: str
+    current_version: str
+    versions: tuple[KeyVersionInfo, ...] = field(default=())
+    details: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kms": self.kms,
+            "name": self.name,
+            "current_version": self.current_version,
+            "versions": [vars(v) for v in self.versions],
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+class KeyManagementService(ABC):
+    """A place that holds primary keys and wraps data keys with them.
+
+    Subclasses set :attr:`name` (stored in every :class:`WrappedKey` they produce) and implement
+    :meth:`wrap` and :meth:`unwrap`; backends that manage keys also implement the key-management
+    methods, which otherwise raise :class:`~ppml.errors.ConfigError`.
+    """
+
+    name: ClassVar[str]
+
+    def supports(self, wrapped: WrappedKey) -> bool:
+        """Whether this backend can try to unwrap ``wrapped``."""
+        return wrapped.kms == self.name
+
+    @abstractmethod
+    def wrap(self, key: DataKey, key_name: str) -> WrappedKey:
+        """Wrap ``key`` with the current version of primary key ``key_name``."""
+
+    @abstractmethod
+    def unwrap(self, wrapped: WrappedKey) -> DataKey:
+        """Unwrap with the primary-key version named in ``wrapped``.
+
+        Raises :class:`~ppml.errors.KeyAccessError` (or a subclass) naming the key when it cannot.
+        """
+
+    def generate_data_key(self, key_name: str) -> tuple[DataKey, WrappedKey]:
+        """A new data key and its wrapped copy."""
+        key = DataKey.generate()
+        return key, self.wrap(key, key_name)
+
+    def _unsupported(self, what: str) -> ConfigError:
+        return ConfigError(f"the {self.name!r} key management service does not support {what}")
+
+    def create_key(self, key_name: str) -> PrimaryKeyInfo:
+        raise self._unsupported("creating primary keys")
+
+    def rotate_key(self, key_name: str) -> PrimaryKeyInfo:
+        raise self._unsupported("rotating primary keys")
+
+    def describe_key(self, key_name: str) -> PrimaryKeyInfo:
+        raise self._unsupported("describing primary keys")
+
+    def list_keys(self) -> list[PrimaryKeyInfo]:
+        raise self._unsupported("listing primary keys")
+
+    def retire_version(self, key_name: str, version: str) -> PrimaryKeyInfo:
+        raise self._unsupported("retiring key versions")
+
+
+# name -> ("module:Class", extra that provides its dependencies)
+_KNOWN: dict[str, tuple[str, str | None]] = {
+    "local": ("ppml.keys.local:LocalKms", None),
+    "bigdl-plaintext": ("ppml.keys.bigdl:PlaintextPrimaryKeyKms", None),
+    "SimpleKeyManagementService": ("ppml.keys.bigdl:SimpleKms", None),
+}
+_ALIASES: dict[str, str] = {"simplekms": "SimpleKeyManagementService"}
+_REGISTERED: dict[str, type[KeyManagementService]] = {}
+
+
+def _canonical(name: str) -> str:
+    lowered = {k.lower(): k for k in (*_KNOWN, *_REGISTERED)}
+    return lowered.get(_ALIASES.get(name.lower(), name).lower(), name)
+
+
+def register_kms(cls: type[KeyManagementService], *, replace: bool = False) -> None:
+    """Register a backend class under ``cls.name``; refuses to replace one silently."""
+    known = _KNOWN.get(cls.name, (f"{cls.__module__}:{cls.__qualname__}", None))[0]
+    existing = _REGISTERED.get(cls.name)
+    if not replace and ((existing is not None and existing is not cls)
+                        or known != f"{cls.__module__}:{cls.__qualname__}"):
+        raise ValueError(f"a key management service named {cls.name!r} is already registered")
+    _REGISTERED[cls.name] = cls
+
+
+def kms_class(name: str) -> type[KeyManagementService]:
+    """The backend class registered as ``name`` (case-insensitive; BigDL's names accepted)."""
+    canonical = _canonical(name)
+    if canonical not in _REGISTERED:
+        if canonical not in _KNOWN:
+            raise UsageError(f"unknown key management service {name!r}",
+                             hint="choose one of: " + ", ".join(available_kms()))
+        target, extra = _KNOWN[canonical]
+        module, _, cls_name = target.partition(":")
+        try:
+            _REGISTERED[canonical] = getattr(importlib.import_module(module), cls_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"the {canonical!r} key management service needs packages that are not installed ({exc.name})",
+                hint=f"pip install 'ppml[{extra}]'" if extra else None,
+            ) from None
+    return _REGISTERED[canonical]
+
+
+def open_kms(name: str, **settings: object) -> KeyManagementService:
+    """An instance of backend ``name`` configured with ``settings`` (each backend documents its own)."""
+    return kms_class(name)(**settings)
+
+
+def available_kms() -> list[str]:
+    return sorted(set(_KNOWN) | set(_REGISTERED))
