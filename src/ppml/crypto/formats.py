@@ -77,6 +77,10 @@ class FileFormat(ABC):
         """A binary file object whose ``close()`` completes the file and whose failed ``with`` block
         leaves a file that no reader accepts."""
 
+    def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
+        """Extra files (name -> content) that a folder written in this format carries."""
+        return {}
+
     def verify(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> int:
         """Authenticate the whole file; returns the plaintext size."""
         total = 0

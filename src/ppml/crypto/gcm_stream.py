@@ -384,6 +384,11 @@ class DecryptingReader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("read from a closed DecryptingReader")
         remaining = self.size - self._pos if size is None or size < 0 else size
+        if remaining <= 0 and (size is None or size < 0):
+            # read() at end of file (or of an empty file) must still authenticate the end, or a body
+            # truncated to its first, empty-looking segment would read as an empty file.
+            self._chunk(1)
+            return b""
         chunks = []
         while remaining > 0:
             chunk = self._chunk(remaining)

@@ -1,0 +1,3 @@
+from ppml.cli.main import main
+
+main()
