@@ -56,6 +56,9 @@ class PpmlError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
     def to_dict(self) -> dict[str, object]:
         return {"code": self.code, "message": self.message, "hint": self.hint}
 

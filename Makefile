@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make run   set everything up and run the main job on the embedded defaults
+#   make test  set everything up and run the whole test suite
+# Both are idempotent: the virtual environment in .venv is created once and refreshed when
+# pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_CACHE_DIR := 1
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+run: setup
+	$(VENV)/bin/ppml demo --dir demo
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+bench: setup
+	$(PY) benchmarks/crypto_throughput.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .hypothesis
