@@ -34,6 +34,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigError",
     "EXIT_CODES",
+    "PpmlInsecureWarning",
 ]
 
 
@@ -126,3 +127,10 @@ EXIT_CODES: dict[int, str] = {
     6: "destination exists (use --force)",
     7: "configuration error or missing optional extra",
 }
+
+
+class PpmlInsecureWarning(UserWarning):
+    """A setting that gives up security is in use (insecure compatibility modes, simulated attestation).
+
+    Emitted every time such a setting is used; the command line shows these warnings.
+    """

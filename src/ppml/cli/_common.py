@@ -21,8 +21,9 @@ from ppml.keys.keyring import KeyRing
 from ppml.keys.kms import KeyManagementService, open_kms
 from ppml.keys.local import KEYSTORE_ENV, PASSWORD_ENV, LocalKms
 
-# Human text and progress go to stderr; stdout carries only data (JSON, decrypted bytes).
-err = Console(stderr=True, highlight=False)
+# Human text and progress go to stderr; stdout carries only data (JSON, decrypted bytes). Messages are not
+# wrapped at the (default 80-column) width, so paths and key references stay whole for copying and grep.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 PASSPHRASE_FILE_ENV = "PPML_KEYSTORE_PASSWORD_FILE"
@@ -51,7 +52,10 @@ InsecureSimpleOpt = Annotated[bool, typer.Option(
 
 
 def emit_json(kind: str, payload: dict[str, object]) -> None:
-    out.print_json(json.dumps({"schema": JSON_SCHEMA, "kind": kind, **payload}), indent=2)
+    doc: dict[str, object] = {"schema": JSON_SCHEMA, "kind": kind}
+    # The CLI schema and kind win over same-named payload fields (a data-key file's own "schema").
+    doc.update((name, value) for name, value in payload.items() if name not in doc)
+    out.print_json(json.dumps(doc), indent=2)
 
 
 def read_secret_source(source: str, *, what: str) -> str:
@@ -140,7 +144,7 @@ def byte_progress(description: str, total: int) -> Iterator:
     """A progress bar on stderr (hidden when stderr is not a terminal); yields an ``advance(n)`` callable."""
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not err.is_terminal,
     )
     with progress:
         task = progress.add_task(description, total=total)

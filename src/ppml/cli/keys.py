@@ -127,7 +127,10 @@ def rotate(
 
 @app.command("list")
 def list_keys(keystore: KeystoreOpt = None, as_json: JsonOpt = False) -> None:
-    """List the primary keys and their versions (no passphrase needed)."""
+    """List the primary keys and their versions (no passphrase needed).
+
+    **Example**: `ppml keys list --json`
+    """
     kms = local_kms(keystore, None)
     infos = kms.list_keys()
     if as_json:

@@ -515,6 +515,10 @@ class BigdlCbcFormat(FileFormat):
             raise ValueError(f"a BigDL file holds one encrypted data key, not {len(envelope)}")
         return BigdlCbcWriter(raw, key, envelope[0].wrapped if envelope else b"")
 
+    def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
+        """BigDL's ``.meta`` file, naming the folder's encrypted data key."""
+        return {META_FILE_NAME: encode_meta(envelope[0].wrapped.decode("ascii"))} if envelope else {}
+
     def verify(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> int:
         with self.open_reader(raw, key, name=name) as reader:
             return reader.size

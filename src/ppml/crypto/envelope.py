@@ -45,7 +45,8 @@ class WrappedKey:
     @property
     def reference(self) -> str:
         """Human-readable primary-key reference, e.g. ``local:default#v2``."""
-        return f"{self.kms}:{self.key}#v{self.version}" if self.version else f"{self.kms}:{self.key}"
+        name = f"{self.kms}:{self.key}" if self.key else self.kms
+        return f"{name}#v{self.version}" if self.version else name
 
     def to_json(self) -> dict[str, str]:
         return {

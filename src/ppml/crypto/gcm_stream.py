@@ -313,7 +313,9 @@ class DecryptingReader(io.BufferedIOBase):
         raw.seek(header.body_offset)
         salt_prefix = parse_body_header(_read_exactly(raw, BODY_HEADER_SIZE))
         if salt_prefix is None:
-            raise IntegrityError(f"{name}: the body header is damaged", path=name, segment=0)
+            raise IntegrityError(f"{name}: segment 0 of {count} failed authentication", path=name, segment=0,
+                                 hint="the file was modified, truncated, extended or assembled from other "
+                                      "files; restore it from a trusted copy")
         self._cipher = SegmentCipher(key.unsafe_material(), *salt_prefix, header.authenticated)
         self._pos = 0
         self._seg_index = -1
@@ -384,11 +386,6 @@ class DecryptingReader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("read from a closed DecryptingReader")
         remaining = self.size - self._pos if size is None or size < 0 else size
-        if remaining <= 0 and (size is None or size < 0):
-            # read() at end of file (or of an empty file) must still authenticate the end, or a body
-            # truncated to its first, empty-looking segment would read as an empty file.
-            self._chunk(1)
-            return b""
         chunks = []
         while remaining > 0:
             chunk = self._chunk(remaining)
@@ -396,11 +393,24 @@ class DecryptingReader(io.BufferedIOBase):
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
+        if self._pos >= self.size and size != 0:
+            # A read that reaches the end authenticates the last segment first, even when it holds no
+            # plaintext (a lone tag), or a body cut to k * segment_size + 16 bytes would read as complete.
+            self._load(self._count - 1)
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     read1 = read
+
+    def readline(self, size: int | None = -1) -> bytes:
+        # io.IOBase.readline sizes each read from peek() without subtracting what it already has, so it
+        # can return more than ``size`` bytes when a line crosses a segment; give the excess back.
+        line = super().readline(-1 if size is None else size)
+        if size is not None and 0 <= size < len(line):
+            self._pos -= len(line) - size
+            line = line[:size]
+        return line
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")

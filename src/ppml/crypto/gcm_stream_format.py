@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import BinaryIO
 
 from ppml.crypto import gcm_stream
+from ppml.crypto._streaming import SegmentLayout
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
@@ -25,6 +27,9 @@ class GcmStreamFormat(FileFormat):
     def describe(self, raw: BinaryIO, *, name: str) -> FileInfo:
         raw.seek(0)
         header = gcm_stream.read_header(raw, name=name)
+        body_size = raw.seek(0, io.SEEK_END) - header.body_offset
+        layout = SegmentLayout(header.segment_size)
+        segments = layout.segment_count(body_size)
         return FileInfo(
             self.name,
             header.envelope,
@@ -35,6 +40,8 @@ class GcmStreamFormat(FileFormat):
                 "file_id": header.file_id.hex(),
                 "key_commitment": header.commitment.hex(),
                 "header_size": header.body_offset,
+                "segments": segments,
+                "plaintext_size": layout.plaintext_size(body_size) if segments else None,
             },
         )
 

@@ -17,8 +17,8 @@ from typing import BinaryIO
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import SNIFF_SIZE, FileFormat, FileInfo, detect_format, get_format
-from ppml.errors import PpmlError, UsageError
+from ppml.crypto.formats import SNIFF_SIZE, FileFormat, FileInfo, available_formats, detect_format, get_format
+from ppml.errors import CorruptHeaderError, PpmlError, UsageError
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys.keyring import KeyRing
 
@@ -63,7 +63,20 @@ def _at(base: Location, relative: str) -> Location:
 
 def _sniff(location: Location) -> FileFormat:
     with location.open("rb") as raw:
-        return detect_format(raw.read(SNIFF_SIZE), location.path)
+        fmt = detect_format(raw.read(SNIFF_SIZE), location.path)
+    if not fmt.encrypted:
+        # A damaged header must not make an encrypted file pass as plaintext (copied out by decrypt,
+        # reported ok by verify): a name with an encrypted format's suffix needs that format's header.
+        for name in available_formats():
+            claimed = get_format(name)
+            if claimed.encrypted and claimed.suffix and location.path.endswith(claimed.suffix):
+                raise CorruptHeaderError(
+                    f"{location.url}: named like an {claimed.name} file but has no {claimed.name} header",
+                    path=location.url,
+                    hint="if it was encrypted by ppml, it has been damaged; if it is plaintext, rename it "
+                         "or pass --mode plain_text",
+                )
+    return fmt
 
 
 def describe(location: Location, fmt: FileFormat | None = None) -> FileInfo:
@@ -129,7 +142,7 @@ def _copy(reader: BinaryIO, writer: BinaryIO, progress: Progress | None) -> int:
 def _run(tasks: Sequence[Callable[[], dict[str, object]]], workers: int | None) -> list[dict[str, object]]:
     if len(tasks) <= 1:
         return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:
         return list(pool.map(lambda task: task(), tasks))
 
 
@@ -242,8 +255,11 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
 
 def _refuse_same(source: Location, target: Location) -> None:
     same = source.fs is target.fs and source.path.rstrip("/") == target.path.rstrip("/")
-    inside = source.is_local and target.is_local and target.path.startswith(source.path.rstrip("/") + os.sep)
-    if same or inside:
-        raise UsageError(f"the output {target.url} must not be the input or inside it",
+    local = source.is_local and target.is_local
+    inside = local and target.path.startswith(source.path.rstrip("/") + os.sep)
+    # An output that contains the input would delete the input when --force replaces it.
+    contains = local and source.path.startswith(target.path.rstrip("/") + os.sep)
+    if same or inside or contains:
+        raise UsageError(f"the output {target.url} must not be the input, inside it, or contain it",
                          hint="choose an output outside the input")
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.errors import ConfigError, KeyAccessError, NotFoundError
+from ppml.errors import ConfigError, KeyAccessError, NotFoundError, PpmlInsecureWarning
 from ppml.keys.kms import KeyManagementService, PrimaryKeyInfo
 
 __all__ = ["PlaintextPrimaryKeyKms", "SimpleKms", "PpmlInsecureWarning", "BIGDL_KMS"]
@@ -45,10 +45,6 @@ _PRIMARY_KEY_SIZES = (16, 24, 32)
 _DATA_KEY_RANDOM_BYTES = 32
 _SIMPLE_DIGITS = 16
 _INSECURE_FLAG = "--insecure-allow-simple-kms"
-
-
-class PpmlInsecureWarning(UserWarning):
-    """A setting that gives up security is in use; the command line shows these warnings."""
 
 
 def _fingerprint(kind: bytes, material: bytes) -> str:

@@ -1,0 +1,105 @@
+"""Key access settings that can travel to other processes (Spark executors) without any secret.
+
+Secrets are named by *source*, resolved by each process for itself: ``env:VAR`` (an environment variable
+of that process), ``file:PATH`` (a file it can read, e.g. a mounted Kubernetes secret) or ``-`` (standard
+input, for the command line only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppml.errors import ConfigError, UsageError
+from ppml.keys.keyring import KeyRing
+from ppml.keys.kms import KeyManagementService, open_kms
+
+__all__ = ["KeySettings", "read_secret_source"]
+
+
+def read_secret_source(source: str, *, what: str) -> str:
+    """A secret from ``env:VAR``, ``file:PATH`` or ``-``; a literal value is refused."""
+    if source == "-":
+        return sys.stdin.readline().strip()
+    kind, _, rest = source.partition(":")
+    if kind == "env" and rest:
+        if not os.environ.get(rest):
+            raise ConfigError(f"the environment variable {rest} for the {what} is not set in this process")
+        return os.environ[rest].strip()
+    if kind == "file" and rest:
+        path = Path(rest).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"the {what} file {path} does not exist")
+        return path.read_text(encoding="utf-8").strip()
+    raise UsageError(
+        f"the {what} must be given as env:VAR, file:PATH or '-', not as a value",
+        hint="secrets on a command line or in Spark options end up in shell history, process lists and "
+             "the Spark UI; e.g. export PRIMARY_KEY=...; then name it as env:PRIMARY_KEY",
+    )
+
+
+_RINGS: dict["KeySettings", KeyRing] = {}
+_RINGS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """Which key management services a process may use, and where their secrets come from.
+
+    Parameters
+    ----------
+    keystore
+        Local key store path (default: ``$PPML_KEYSTORE`` or ``~/.config/ppml/keystore.json``).
+    keystore_password_file
+        File holding the key store passphrase (default: ``$PPML_KEYSTORE_PASSWORD``).
+    bigdl_primary_key_plaintext
+        Source (``env:VAR`` / ``file:PATH``) of a BigDL plaintext primary key, base64.
+    simple_kms_primary_key_file, insecure_allow_simple_kms
+        BigDL SimpleKMS primary-key file; refused unless explicitly allowed (no confidentiality).
+    """
+
+    keystore: str | None = None
+    keystore_password_file: str | None = None
+    bigdl_primary_key_plaintext: str | None = None
+    simple_kms_primary_key_file: str | None = None
+    insecure_allow_simple_kms: bool = False
+
+    def bigdl_backends(self) -> list[KeyManagementService]:
+        backends: list[KeyManagementService] = []
+        if self.bigdl_primary_key_plaintext:
+            text = read_secret_source(self.bigdl_primary_key_plaintext, what="BigDL plaintext primary key")
+            try:
+                material = base64.b64decode(text, validate=True)
+            except binascii.Error:
+                raise ConfigError("the BigDL plaintext primary key is not valid base64") from None
+            backends.append(open_kms("bigdl-plaintext", primary_key=material))
+        if self.simple_kms_primary_key_file:
+            backends.append(open_kms("SimpleKeyManagementService", primary_key_file=self.simple_kms_primary_key_file,
+                                     allow_insecure=self.insecure_allow_simple_kms))
+        return backends
+
+    def local_kms(self, passphrase=None) -> KeyManagementService:
+        if passphrase is None and self.keystore_password_file:
+            path = Path(self.keystore_password_file).expanduser()
+
+            def passphrase() -> str:
+                try:
+                    return path.read_text(encoding="utf-8").rstrip("\n")
+                except OSError as exc:
+                    raise ConfigError(f"cannot read the key store passphrase file {path}: {exc.strerror}") from None
+
+        return open_kms("local", keystore=self.keystore, passphrase=passphrase)
+
+    def keyring(self) -> KeyRing:
+        """This process's key ring for these settings (built once, so unwrapped keys are cached)."""
+        with _RINGS_LOCK:
+            ring = _RINGS.get(self)
+            if ring is None:
+                ring = _RINGS[self] = KeyRing(self.bigdl_backends(),
+                                              lambda name: self.local_kms() if name == "local" else None)
+            return ring

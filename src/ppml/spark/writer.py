@@ -1,0 +1,151 @@
+"""The write side of the ``ppml`` data source: Arrow batches into encrypted part files, committed atomically.
+
+Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from readers), encrypted as it
+is written; the plaintext never lands on disk. The driver's ``commit`` moves the parts into place, removes
+what an ``overwrite`` replaces only then, and writes ``_SUCCESS``; ``abort`` deletes the temporary parts. A
+failed job therefore leaves the output as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from pyspark import TaskContext
+from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
+from pyspark.sql.types import StructType
+
+from ppml.crypto.formats import get_format
+from ppml.crypto.gcm_stream import SEGMENT_PRESETS
+from ppml.errors import ConfigError
+from ppml.io.storage import Location, locate
+from ppml.spark.options import SourceOptions
+
+__all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
+
+TEMPORARY = "_temporary"
+SUCCESS = "_SUCCESS"
+
+
+@dataclass
+class PartCommit(WriterCommitMessage):
+    staged: str | None  # None: the task's partition was empty and wrote nothing
+    final: str | None
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot write a {type(value).__name__} value as JSON")
+
+
+class PpmlWriter(DataSourceArrowWriter):
+    """One part file per task; picklable (options and names only)."""
+
+    def __init__(self, options: SourceOptions, schema: StructType, overwrite: bool) -> None:
+        self.options = options
+        self.schema = schema
+        self.overwrite = overwrite
+        self.job_id = uuid.uuid4().hex[:16]
+        self.format = get_format(options.crypto_mode).name
+        if len(options.paths) != 1:
+            raise ConfigError("writing needs exactly one output path")
+        if options.segment not in SEGMENT_PRESETS:
+            raise ConfigError(f"unknown segment preset {options.segment!r}",
+                              hint="choose one of: " + ", ".join(SEGMENT_PRESETS))
+        if get_format(self.format).encrypted:
+            options.envelope()  # fail on the driver, before any task, when no data key is configured
+
+    def _root(self) -> Location:
+        return locate(self.options.paths[0])
+
+    def write(self, iterator: Iterator[pa.RecordBatch]) -> PartCommit:
+        context = TaskContext.get()
+        partition = context.partitionId() if context else 0
+        attempt = context.attemptNumber() if context else 0
+        first = next(iterator, None)
+        if first is None and partition != 0:
+            return PartCommit(None, None)
+        fmt = get_format(self.format)
+        root = self._root()
+        name = f"part-{partition:05d}-{self.job_id}.{self.options.text.format}{fmt.suffix}"
+        staged = root.child(f"{TEMPORARY}/{self.job_id}/{attempt}-{name}")
+        final = root.child(name)
+        key, envelope = None, ()
+        if fmt.encrypted:
+            envelope = self.options.envelope()
+            key = self.options.keys.keyring().unwrap(envelope, name=f"the data key for {root.url}")
+        writer_options = {"segment_size": SEGMENT_PRESETS[self.options.segment]} if fmt.name == "aes_gcm_stream" else {}
+        batches = iter(()) if first is None else _chain(first, iterator)
+        with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url, **writer_options) as out:
+            self._encode(batches, out, first.schema if first is not None else None)
+        return PartCommit(staged.url, final.url)
+
+    def _encode(self, batches: Iterator[pa.RecordBatch], out, schema: pa.Schema | None) -> None:
+        text = self.options.text
+        if text.format == "csv":
+            if schema is None:
+                if text.header:
+                    out.write((text.sep.join(self.schema.names) + "\n").encode())
+                return
+            options = pa_csv.WriteOptions(include_header=text.header, delimiter=text.sep,
+                                          quoting_style="needed" if text.quote else "none")
+            with pa_csv.CSVWriter(out, schema, write_options=options) as csv_writer:
+                for batch in batches:
+                    csv_writer.write_batch(batch)
+        elif text.format == "json":
+            for batch in batches:
+                rows = batch.to_pylist()
+                out.write("".join(json.dumps(r, default=_json_default, separators=(",", ":")) + "\n"
+                                  for r in rows).encode())
+        else:
+            for batch in batches:
+                values = batch.column(0).to_pylist()
+                out.write("".join(("" if v is None else str(v)) + "\n" for v in values).encode())
+
+    def commit(self, messages: list[PartCommit | None]) -> None:
+        root = self._root()
+        fs = root.fs
+        produced = {m.final for m in messages if m is not None and m.final}
+        if self.overwrite and root.exists():
+            for relative, _ in root.files():
+                existing = root.child(relative)
+                if existing.url not in produced:
+                    fs.rm(existing.path)
+        for message in messages:
+            if message is not None and message.staged:
+                staged, final = locate(message.staged), locate(message.final)
+                fs.mv(staged.path, final.path)
+        fmt = get_format(self.format)
+        for name, data in fmt.sidecars(self.options.envelope() if fmt.encrypted else ()).items():
+            with root.child(name).open("wb") as handle:
+                handle.write(data)
+        self._cleanup(root)
+        with root.child(SUCCESS).open("wb"):
+            pass
+
+    def abort(self, messages: list[PartCommit | None]) -> None:
+        self._cleanup(self._root())
+
+    def _cleanup(self, root: Location) -> None:
+        temporary = root.child(f"{TEMPORARY}/{self.job_id}")
+        if temporary.exists():
+            temporary.fs.rm(temporary.path, recursive=True)
+        parent = root.child(TEMPORARY)
+        if parent.exists() and not parent.fs.ls(parent.path):
+            parent.fs.rm(parent.path, recursive=True)
+
+
+def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
