@@ -142,7 +142,7 @@ def _copy(reader: BinaryIO, writer: BinaryIO, progress: Progress | None) -> int:
 def _run(tasks: Sequence[Callable[[], dict[str, object]]], workers: int | None) -> list[dict[str, object]]:
     if len(tasks) <= 1:
         return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         return list(pool.map(lambda task: task(), tasks))
 
 

@@ -108,7 +108,7 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
 
     Copies wrapped by other primary keys are kept unless named in ``remove`` (``kms:key`` or
     ``kms:key#vN``). Files whose format has no re-wrappable envelope (BigDL's) are reported, not changed.
-    ``Report.details`` lists each file; the returned report's ``usage`` detail counts files per key version.
+    ``Report.details`` lists each file; :func:`key_usage` counts the files per key version afterwards.
     """
     started = time.perf_counter()
     files = scan(path)

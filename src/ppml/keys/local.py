@@ -251,8 +251,10 @@ class LocalKms(KeyManagementService):
             if cached is not None:
                 return cached
             reference = f"local:{key_name}#v{version}"
-            entry = self._entry(key_name)
-            found = entry["versions"].get(version)
+            found = self._load()["keys"].get(key_name, {}).get("versions", {}).get(version)
+            if found is None:  # another process may have rotated the key since this one read the store
+                self._doc = None
+            found = self._entry(key_name)["versions"].get(version)
             if found is None:
                 raise KeyAccessError(f"primary key {reference} does not exist in the key store {self.path}")
             if found["state"] != "enabled":

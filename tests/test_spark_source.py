@@ -1,0 +1,255 @@
+"""The ``ppml`` Spark data source and PPMLContext, through a real local Spark session."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ppml.errors import AlreadyExistsError
+from ppml.io import files
+from ppml.spark.splits import LineRange
+
+pyspark = pytest.importorskip("pyspark")
+
+from pyspark.errors import PySparkException  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql.types import DateType, DoubleType, LongType, StringType, StructField, StructType  # noqa: E402
+
+from ppml.spark import PPMLContext  # noqa: E402
+
+SCHEMA = StructType([
+    StructField("id", LongType()), StructField("name", StringType()), StructField("price", DoubleType()),
+    StructField("day", DateType()),
+])
+
+
+# -- the line rule, without Spark ------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=60),
+       final_newline=st.booleans(), cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=8))
+def test_every_line_is_read_by_exactly_one_split(lines, final_newline, cuts):
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    bounds = sorted({c for c in cuts if c < len(data)})
+    starts, ends = [0, *bounds], [*bounds, len(data)]
+    pieces = [io.BufferedReader(LineRange(io.BytesIO(data), s, e)).read() for s, e in zip(starts, ends)]
+    assert b"".join(pieces) == data
+    for index, piece in enumerate(pieces):
+        if piece and not piece.endswith(b"\n"):  # only the split that reaches the end of the data
+            assert not any(pieces[index + 1 :])
+
+
+# -- Spark -----------------------------------------------------------------------------------------------
+
+pytestmark = pytest.mark.xdist_group("spark")
+
+
+def _rows(count: int, seed: int = 7) -> list[tuple]:
+    rng = random.Random(seed)
+    return [(i, f"name|{i}" if i % 97 == 0 else f"name{i}", round(rng.uniform(0, 1000), 2),
+             f"1995-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}") for i in range(count)]
+
+
+def _write_csv(path, rows, header=True):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        if header:
+            handle.write("id,name,price,day\n")
+        for row in rows:
+            name = f'"{row[1]}"' if "|" in row[1] else row[1]
+            handle.write(f"{row[0]},{name},{row[2]},{row[3]}\n")
+
+
+@pytest.fixture
+def ctx(spark_session, spark_keys):
+    return PPMLContext(spark_session, data_key=spark_keys["data_key"], keystore=spark_keys["keystore"],
+                       keystore_password_file=spark_keys["password_file"])
+
+
+@pytest.fixture
+def encrypted_table(tmp_path, spark_keys):
+    """Two CSV files (one multi-MiB) encrypted with 64 KiB segments, and their rows."""
+    rows = _rows(120_000)
+    _write_csv(tmp_path / "plain" / "t1.csv", rows[:100_000])
+    _write_csv(tmp_path / "plain" / "t2.csv", rows[100_000:])
+    ring = spark_keys["kms"]
+    from ppml.keys.datakey_file import DataKeyFile
+
+    record = DataKeyFile.load(spark_keys["data_key"])
+    files.encrypt(str(tmp_path / "plain"), str(tmp_path / "enc"), key=spark_keys["key"], envelope=record.envelope,
+                  segment_size=64 * 1024)
+    assert ring is not None
+    return tmp_path / "enc", rows
+
+
+def _collect(df):
+    return sorted(tuple(r) for r in df.collect())
+
+
+def test_encrypted_read_equals_spark_plaintext_read(ctx, encrypted_table, tmp_path):
+    enc, _ = encrypted_table
+    ours = ctx.read().option("header", True).option("splitSize", 1 << 20).schema(SCHEMA).csv(str(enc))
+    spark_own = ctx.spark.read.option("header", True).schema(SCHEMA).csv(str(tmp_path / "plain"))
+    assert ours.rdd.getNumPartitions() >= 4  # the 4.6 MB file is split across tasks
+    assert _collect(ours) == _collect(spark_own)
+    assert ours.count() == 120_000
+
+
+def test_format_ppml_for_plain_spark_users(ctx, encrypted_table, spark_keys):
+    enc, rows = encrypted_table
+    df = (ctx.spark.read.format("ppml").option("header", "true").option("keystore", spark_keys["keystore"])
+          .option("keystorePasswordFile", spark_keys["password_file"]).schema(SCHEMA).load(str(enc)))
+    assert df.agg(F.sum("id")).first()[0] == sum(r[0] for r in rows)
+
+
+def test_filter_pushdown_and_column_pruning_give_the_same_answers(ctx, encrypted_table):
+    enc, _ = encrypted_table
+    condition = (F.col("price") >= 500.0) & (F.col("day") < F.lit("1995-06-01").cast("date")) & F.col("name").startswith("name1")
+    pushed = ctx.read().option("header", True).schema(SCHEMA).csv(str(enc)).filter(condition)
+    unpushed = ctx.read().option("header", True).option("filterPushdown", False).schema(SCHEMA).csv(str(enc)).filter(condition)
+    assert _collect(pushed) == _collect(unpushed) and pushed.count() > 0
+    pruned = ctx.read().option("header", True).schema(SCHEMA).columns("price", "id").csv(str(enc))
+    assert pruned.columns == ["price", "id"]
+    full = ctx.read().option("header", True).schema(SCHEMA).csv(str(enc)).select("price", "id")
+    assert _collect(pruned) == _collect(full)
+
+
+def test_pushdown_takes_only_filters_it_evaluates_exactly():
+    from pyspark.sql.datasource import EqualTo, GreaterThan, In, Not, StringContains
+
+    from ppml.spark.reader import FilteringPpmlReader
+
+    reader = FilteringPpmlReader.__new__(FilteringPpmlReader)
+    reader.schema = SCHEMA
+    taken = [GreaterThan(("price",), 1.0), In(("id",), (1, 2)), StringContains(("name",), "x")]
+    left = [Not(EqualTo(("id",), 1)), In(("id",), (1, None)), EqualTo(("nested", "x"), 1)]
+    assert list(reader.pushFilters(taken + left)) == left
+    assert reader.filters == taken
+
+
+@pytest.mark.parametrize("mode", ["aes_gcm_stream", "plain_text"])
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_write_then_read_round_trip(ctx, tmp_path, mode, fmt):
+    df = ctx.spark.createDataFrame([(r[0], r[1], r[2], None) for r in _rows(5000)], SCHEMA).repartition(3)
+    out = str(tmp_path / "out")
+    getattr(ctx.write(df, mode).mode("overwrite").option("header", True), fmt)(out)
+    names = os.listdir(out)
+    assert "_SUCCESS" in names and not any(n.startswith("_temporary") for n in names)
+    parts = [n for n in names if n.startswith("part-")]
+    assert len(parts) == 3 and all(n.endswith(f".{fmt}.ppml" if mode == "aes_gcm_stream" else f".{fmt}") for n in parts)
+    back = getattr(ctx.read(mode).option("header", True).schema(SCHEMA), fmt)(out)
+    assert _collect(back) == _collect(df)
+    if mode == "aes_gcm_stream":
+        marker = b"name4999"
+        assert all(marker not in open(os.path.join(out, n), "rb").read() for n in parts)
+
+
+def test_text_round_trip(ctx, tmp_path):
+    df = ctx.spark.createDataFrame([(f"line {i}",) for i in range(1000)], "value string")
+    ctx.write(df).mode("overwrite").text(str(tmp_path / "t"))
+    assert _collect(ctx.read().text(str(tmp_path / "t"))) == _collect(df)
+
+
+def test_save_modes(ctx, tmp_path, spark_keys):
+    out = str(tmp_path / "modes")
+    first = ctx.spark.createDataFrame([(1, "a", 1.0, None)], SCHEMA)
+    second = ctx.spark.createDataFrame([(2, "b", 2.0, None)], SCHEMA)
+    ctx.write(first).option("header", True).csv(out)
+    with pytest.raises(AlreadyExistsError):
+        ctx.write(second).option("header", True).csv(out)
+    ctx.write(second).mode("ignore").option("header", True).csv(out)
+    read = lambda: sorted(r.id for r in ctx.read().option("header", True).schema(SCHEMA).csv(out).collect())  # noqa: E731
+    assert read() == [1]
+    # Append after a key rotation and with a new data key: old files keep their own key.
+    spark_keys["kms"].rotate_key("default")
+    from ppml.keys.datakey_file import DataKeyFile
+
+    key, wrapped = spark_keys["kms"].generate_data_key("default")
+    DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "dk2.json")
+    ctx2 = PPMLContext(ctx.spark, data_key=str(tmp_path / "dk2.json"), keystore=spark_keys["keystore"],
+                       keystore_password_file=spark_keys["password_file"])
+    ctx2.write(second).mode("append").option("header", True).csv(out)
+    assert read() == [1, 2]
+    versions = {w.reference for p in os.listdir(out) if p.startswith("part-")
+                for w in files.describe(files.locate(os.path.join(out, p))).envelope}
+    assert versions == {"local:default#v1", "local:default#v2"}
+    ctx.write(second).mode("overwrite").option("header", True).csv(out)
+    assert read() == [2]
+
+
+def test_failed_job_leaves_no_output_and_keeps_old_data(ctx, tmp_path):
+    out = str(tmp_path / "atomic")
+    ctx.write(ctx.spark.createDataFrame([(1, "keep", 1.0, None)], SCHEMA)).option("header", True).csv(out)
+    before = sorted(os.listdir(out))
+
+    @F.udf("string")
+    def explode_on_7(name):
+        if name == "n7":
+            raise ValueError("task failure on purpose")
+        return name
+
+    bad = ctx.spark.createDataFrame([(i, f"n{i}", 1.0, None) for i in range(10)], SCHEMA).repartition(3)
+    bad = bad.withColumn("name", explode_on_7("name"))
+    with pytest.raises(Exception):
+        ctx.write(bad).mode("overwrite").option("header", True).csv(out)
+    assert sorted(os.listdir(out)) == before
+    assert [r.name for r in ctx.read().option("header", True).schema(SCHEMA).csv(out).collect()] == ["keep"]
+
+
+def test_bigdl_cbc_read_and_write(ctx, tmp_path, monkeypatch):
+    import base64
+
+    from ppml.keys.bigdl import PlaintextPrimaryKeyKms
+    from ppml.keys.datakey_file import DataKeyFile
+
+    primary = bytes(range(32))
+    (tmp_path / "pk.b64").write_text(base64.b64encode(primary).decode())
+    kms = PlaintextPrimaryKeyKms(primary)
+    key, wrapped = kms.generate_data_key("")
+    DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "bigdl-dk.json")
+    bigdl = PPMLContext(ctx.spark, data_key=str(tmp_path / "bigdl-dk.json"),
+                        primary_key_plaintext=f"file:{tmp_path / 'pk.b64'}")
+    df = ctx.spark.createDataFrame([(r[0], r[1], r[2], None) for r in _rows(3000)], SCHEMA).repartition(2)
+    out = str(tmp_path / "bigdl")
+    bigdl.write(df, "aes/cbc/pkcs5padding").mode("overwrite").option("header", True).csv(out)
+    names = os.listdir(out)
+    assert ".meta" in names and all(n.endswith(".csv.cbc") for n in names if n.startswith("part-"))
+    meta = json.loads(open(os.path.join(out, ".meta")).read())
+    assert meta["encryptedDataKey"] == wrapped.wrapped.decode()
+    back = bigdl.read("aes_cbc_pkcs5padding").option("header", True).schema(SCHEMA).csv(out)
+    assert back.rdd.getNumPartitions() == 2  # one task per CBC file
+    assert _collect(back) == _collect(df)
+
+
+def test_wrong_key_store_fails_with_a_clear_error(ctx, encrypted_table, tmp_path):
+    enc, _ = encrypted_table
+    from ppml.keys.local import LocalKms
+
+    other = LocalKms(tmp_path / "other.json", "spark-test-passphrase")
+    other.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
+    other.create_key("default")
+    stranger = PPMLContext(ctx.spark, keystore=str(tmp_path / "other.json"),
+                           keystore_password_file=ctx._settings["keystorePasswordFile"])
+    with pytest.raises(PySparkException) as info:
+        stranger.read().option("header", True).schema(SCHEMA).csv(str(enc)).count()
+    text = str(info.value)
+    assert "cannot unwrap the data key" in text and "t1.csv.ppml" in text
+
+
+def test_no_key_material_in_spark_conf_or_plans(ctx, encrypted_table, spark_keys):
+    enc, _ = encrypted_table
+    df = ctx.read().option("header", True).schema(SCHEMA).csv(str(enc))
+    df.count()
+    material = spark_keys["key"].unsafe_material()
+    conf = json.dumps(ctx.spark.sparkContext.getConf().getAll())
+    plan = df._jdf.queryExecution().toString()
+    for text in (conf, plan):
+        assert material.hex() not in text and "spark-test-passphrase" not in text
+    assert ctx.spark.conf.get("spark.io.encryption.enabled") == "true"
