@@ -23,7 +23,7 @@ run: setup
 	$(VENV)/bin/ppml demo --dir demo
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: setup
 	$(PY) benchmarks/crypto_throughput.py

@@ -94,3 +94,37 @@ def spark_keys(tmp_path):
     DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "dk.json")
     return {"kms": kms, "keystore": str(tmp_path / "ks.json"), "password_file": str(password_file),
             "data_key": str(tmp_path / "dk.json"), "key": key}
+
+
+# -- TPC-H data ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tpch_plain(tmp_path_factory) -> Path:
+    """TPC-H scale 0.01 as plaintext ``.tbl`` files (generated once per test worker)."""
+    from ppml.tpch.gen import generate
+
+    out = tmp_path_factory.mktemp("tpch-sf0.01") / "plain"
+    generate(0.01, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tpch_encrypted(tpch_plain, tmp_path_factory) -> dict[str, Path]:
+    """The scale 0.01 tables encrypted with ``aes_gcm_stream`` under a fresh key store and data key."""
+    from ppml.io.files import encrypt
+    from ppml.keys.datakey_file import DataKeyFile
+    from ppml.keys.local import LocalKms
+
+    root = tmp_path_factory.mktemp("tpch-keys")
+    password_file = root / "keystore.pass"
+    password_file.write_text("tpch-test-passphrase")
+    password_file.chmod(0o600)
+    kms = LocalKms(root / "ks.json", "tpch-test-passphrase")
+    kms.create_store(kdf=TREE_FAST_KDF)
+    kms.create_key("tpch")
+    key, wrapped = kms.generate_data_key("tpch")
+    DataKeyFile.new(key.key_id, (wrapped,)).save(root / "dk.json")
+    encrypt(str(tpch_plain), str(root / "encrypted"), key=key, envelope=(wrapped,), segment_size=64 * 1024)
+    return {"plain": tpch_plain, "encrypted": root / "encrypted", "keystore": root / "ks.json",
+            "password_file": password_file, "data_key": root / "dk.json"}

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__
-from ppml.cli import data, keys
+from ppml.cli import data, keys, tpch
 from ppml.cli._common import err
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
@@ -28,6 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(tpch.app, name="tpch")
 data.register(app)
 app.command()(demo)
 

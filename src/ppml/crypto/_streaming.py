@@ -30,6 +30,7 @@ DERIVED_KEY_SIZE = 32
 MAX_SEGMENTS = 2**32
 MIN_SEGMENT_SIZE = BODY_HEADER_SIZE + TAG_SIZE + 1
 MAX_SEGMENT_SIZE = 64 * 1024 * 1024
+_HAS_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
 
 __all__ = ["InvalidTag", "SegmentCipher", "SegmentLayout", "new_body_header", "parse_body_header"]
 
@@ -123,3 +124,17 @@ class SegmentCipher:
     def open(self, index: int, ciphertext, last: bool) -> bytes:
         """Decrypt one segment; raises :class:`InvalidTag` when it does not authenticate."""
         return self._aead.decrypt(self._nonce(index, last), ciphertext, None)
+
+    def open_into(self, index: int, ciphertext, last: bool, out) -> None:
+        """Decrypt one segment into ``out`` (exactly ``len(ciphertext) - TAG_SIZE`` writable bytes).
+
+        Raises :class:`InvalidTag` when it does not authenticate; ``out`` may then hold unauthenticated
+        plaintext, which the caller must discard. Allocates nothing per segment (cryptography >= 45 has
+        ``decrypt_into``; older versions decrypt and copy).
+        """
+        if len(ciphertext) < TAG_SIZE:
+            raise InvalidTag
+        if _HAS_DECRYPT_INTO:
+            self._aead.decrypt_into(self._nonce(index, last), ciphertext, None, out)
+        else:  # pragma: no cover - cryptography < 45
+            out[:] = self._aead.decrypt(self._nonce(index, last), ciphertext, None)

@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 from ppml.crypto._streaming import (
     BODY_HEADER_SIZE,
+    TAG_SIZE,
     InvalidTag,
     SegmentCipher,
     SegmentLayout,
@@ -119,6 +120,22 @@ def _read_exactly(raw: BinaryIO, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _readinto_exactly(raw: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``raw`` (short only at end of file); returns the number of bytes read."""
+    readinto = getattr(raw, "readinto", None)
+    if readinto is None:  # a minimal file-like object with read() only
+        data = _read_exactly(raw, len(view))
+        view[: len(data)] = data
+        return len(data)
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def read_header(raw: BinaryIO, *, name: str = "<stream>") -> StreamHeader:
@@ -269,8 +286,11 @@ class DecryptingReader(io.BufferedIOBase):
     Each segment is authenticated before any of its bytes are returned, so every byte ``read`` gives
     back is authentic and in place. Truncation is detected when the (short) last segment is read: a
     caller that must know the *whole* file is intact reads to the end (or calls :meth:`verify`).
-    Memory use is one segment. Seeking costs nothing until the next read, which decrypts only the
-    segments covering the requested bytes. ``close()`` does not close ``raw``.
+    Memory use is three segment-sized buffers (one for ciphertext, two for plaintext; capped by the
+    file's size), allocated when first needed and reused for every segment, so reading allocates
+    nothing per segment beyond the ``bytes`` that ``read`` returns (``readinto`` nothing at all).
+    Seeking costs nothing until the next read, which decrypts only the segments covering the requested
+    bytes. ``close()`` does not close ``raw``.
 
     Parameters
     ----------
@@ -319,7 +339,12 @@ class DecryptingReader(io.BufferedIOBase):
         self._cipher = SegmentCipher(key.unsafe_material(), *salt_prefix, header.authenticated)
         self._pos = 0
         self._seg_index = -1
-        self._seg_data = b""
+        self._seg_data: memoryview | bytes = b""
+        # Reused for every segment, allocated on first use. Plaintext alternates between two buffers so
+        # that the segment loaded last stays readable while the next one is loaded (see _load).
+        self._cipher_buf: memoryview | None = None
+        self._plain_bufs: list[memoryview | None] = [None, None]
+        self._plain_next = 0
 
     @property
     def segment_count(self) -> int:
@@ -348,17 +373,32 @@ class DecryptingReader(io.BufferedIOBase):
         self._pos = target
         return target
 
-    def _load(self, index: int) -> bytes:
+    def _load(self, index: int) -> memoryview | bytes:
+        """The authenticated plaintext of segment ``index``, as a view of a reused buffer.
+
+        The view stays valid until the second load of another segment after it: each load decrypts
+        into the buffer that does *not* hold the segment loaded last. So a caller that keeps a view
+        across loads copies it out before the next-but-one load (see :meth:`read`).
+        """
         if index != self._seg_index:
             start = self._layout.ciphertext_start(index)
             end = min((index + 1) * self._layout.segment_size, self._body_size)
+            if self._cipher_buf is None:
+                self._cipher_buf = memoryview(bytearray(min(self._layout.segment_size, self._body_size)))
+            which = self._plain_next
+            if self._plain_bufs[which] is None:
+                self._plain_bufs[which] = memoryview(bytearray(min(self._layout.plain, self.size)))
+            ciphertext = self._cipher_buf[: end - start]
+            plaintext = self._plain_bufs[which][: max(end - start - TAG_SIZE, 0)]
             self._raw.seek(self.header.body_offset + start)
-            ciphertext = _read_exactly(self._raw, end - start)
             try:
-                if len(ciphertext) != end - start:
+                if _readinto_exactly(self._raw, ciphertext) != end - start:
                     raise InvalidTag
-                self._seg_data = self._cipher.open(index, ciphertext, index == self._count - 1)
+                self._cipher.open_into(index, ciphertext, index == self._count - 1, plaintext)
+                self._seg_data = plaintext
+                self._plain_next = 1 - which
             except InvalidTag:
+                plaintext[:] = bytes(len(plaintext))  # never keep unauthenticated plaintext around
                 self._seg_index, self._seg_data = -1, b""
                 raise IntegrityError(
                     f"{self._name}: segment {index} of {self._count} failed authentication",
@@ -369,8 +409,9 @@ class DecryptingReader(io.BufferedIOBase):
             self._seg_index = index
         return self._seg_data
 
-    def _chunk(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes at the current position from one segment; b"" at end of file."""
+    def _chunk(self, limit: int) -> memoryview | bytes:
+        """Up to ``limit`` bytes at the current position from one segment, as a view of the segment
+        loaded last (valid as :meth:`_load` says); b"" at end of file."""
         if self._pos >= self.size:
             # End of file is only trusted once the last segment (sealed as last) authenticates.
             self._load(self._count - 1)
@@ -378,7 +419,7 @@ class DecryptingReader(io.BufferedIOBase):
         index = self._layout.segment_of(self._pos)
         data = self._load(index)
         offset = self._pos - self._layout.plaintext_start(index)
-        chunk = data[offset : offset + limit] if offset or limit < len(data) else data
+        chunk = data[offset : offset + limit]
         self._pos += len(chunk)
         return chunk
 
@@ -386,8 +427,16 @@ class DecryptingReader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("read from a closed DecryptingReader")
         remaining = self.size - self._pos if size is None or size < 0 else size
-        chunks = []
+        chunks: list[memoryview | bytes] = []
+
+        def keep_views() -> None:
+            # Before anything that may load a segment: only the view of the segment loaded last survives
+            # the next load, so copy out the one before it (earlier ones were copied on earlier rounds).
+            if len(chunks) >= 2 and isinstance(chunks[-2], memoryview):
+                chunks[-2] = bytes(chunks[-2])
+
         while remaining > 0:
+            keep_views()
             chunk = self._chunk(remaining)
             if not chunk:
                 break
@@ -396,10 +445,11 @@ class DecryptingReader(io.BufferedIOBase):
         if self._pos >= self.size and size != 0:
             # A read that reaches the end authenticates the last segment first, even when it holds no
             # plaintext (a lone tag), or a body cut to k * segment_size + 16 bytes would read as complete.
+            keep_views()
             self._load(self._count - 1)
         if not chunks:
             return b""
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
 
     read1 = read
 
@@ -414,15 +464,24 @@ class DecryptingReader(io.BufferedIOBase):
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        if self.closed:
+            raise ValueError("read from a closed DecryptingReader")
+        size, filled = len(view), 0
+        while filled < size:
+            chunk = self._chunk(size - filled)
+            if not chunk:
+                break
+            view[filled : filled + len(chunk)] = chunk  # straight from the segment buffer
+            filled += len(chunk)
+        if self._pos >= self.size and size != 0:
+            self._load(self._count - 1)  # as read(): reaching the end authenticates the last segment
+        return filled
 
     def peek(self, size: int = 0) -> bytes:
         if self._pos >= self.size:
             return b""
         index = self._layout.segment_of(self._pos)
-        return self._load(index)[self._pos - self._layout.plaintext_start(index) :]
+        return bytes(self._load(index)[self._pos - self._layout.plaintext_start(index) :])
 
     def verify(self) -> int:
         """Authenticate every segment; returns the plaintext size. Leaves the position unchanged."""

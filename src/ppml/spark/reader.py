@@ -90,8 +90,9 @@ class PpmlReader(DataSourceReader):
         if _has_trailing_delimiter(first, text.sep, len(names), text.trailing_delimiter):
             names.append(_TRAILING)
         read_options = pa_csv.ReadOptions(column_names=names, block_size=_BLOCK)
+        # With one column, an empty line is a row whose value is null, not a line to skip.
         parse_options = pa_csv.ParseOptions(delimiter=text.sep, quote_char=text.quote or False,
-                                            escape_char=text.escape or False)
+                                            escape_char=text.escape or False, ignore_empty_lines=len(names) > 1)
         convert_options = pa_csv.ConvertOptions(
             column_types={f.name: f.type for f in wanted}, include_columns=list(self.schema.names),
             null_values=[text.null_value], strings_can_be_null=True, quoted_strings_can_be_null=False,

@@ -1,0 +1,151 @@
+"""Running the TPC-H queries on encrypted (or plaintext) tables, writing and checking the answers.
+
+The layout follows BigDL's TPC-H example: inputs are ``<table>.tbl*`` in one folder (``lineitem.tbl.ppml``
+once encrypted), each query's result goes to ``OUTPUT_DIR/Qnn`` as CSV with a header row in the output
+crypto mode, and per-query seconds go to ``OUTPUT_DIR/TIMES.txt`` (``Q01<TAB>seconds``) and
+``OUTPUT_DIR/times.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+
+from ppml.crypto.formats import get_format
+from ppml.io.files import Report, encrypt
+from ppml.io.storage import locate
+from ppml.spark.context import PPMLContext
+from ppml.tpch.gen import MARKER, read_scale
+from ppml.tpch.queries import run_query
+from ppml.tpch.schema import TABLE_NAMES, spark_schema
+from ppml.tpch.spec import query_label
+from ppml.tpch.tables import Tables, tbl_tables
+
+__all__ = ["QueryRun", "ppml_tables", "run_queries", "encrypt_tables", "write_times", "decrypted_oracle",
+           "spark_csv_tables"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class QueryRun:
+    """One query's outcome: result rows, seconds (query and encrypted write), and any mismatch found."""
+
+    query: str
+    rows: int
+    seconds: float
+    mismatches: list[str] = field(default_factory=list)
+    checked: bool = False
+
+
+def _table_glob(input_dir: str, table: str) -> str:
+    return f"{input_dir.rstrip('/')}/{table}.tbl*"
+
+
+def ppml_tables(ctx: PPMLContext, input_dir: str, crypto_mode: str, *, scale: float | None = None,
+                prune: bool = True) -> Tables:
+    """The eight tables read through ppml; each query parses only the columns it uses when ``prune``."""
+
+    def load(table: str, columns: Sequence[str] | None) -> DataFrame:
+        reader = ctx.read(crypto_mode).option("sep", "|").option("quote", "").schema(spark_schema(table))
+        if columns is not None and prune:
+            reader = reader.columns(*columns)
+        df = reader.csv(_table_glob(input_dir, table))
+        return df if columns is None or prune else df.select(*columns)
+
+    return Tables(loader=load, scale=scale)
+
+
+def encrypt_tables(input_dir: str, output_dir: str, *, key, envelope, crypto_mode: str = "aes_gcm_stream",
+                   force: bool = False, progress: Callable[[int], None] | None = None) -> Report:
+    """Encrypt the eight ``<table>.tbl`` files of ``input_dir`` into ``output_dir`` (``<table>.tbl.ppml``)."""
+    source = locate(input_dir)
+    names = {relative for relative, _ in source.files()}
+    missing = [t for t in TABLE_NAMES if f"{t}.tbl" not in names]
+    if missing:
+        from ppml.errors import NotFoundError
+
+        raise NotFoundError(f"{input_dir} has no {', '.join(t + '.tbl' for t in missing)}",
+                            hint="generate the tables with 'ppml tpch gen --scale S --out DIR'")
+    report = encrypt(input_dir, output_dir, key=key, envelope=envelope, mode=get_format(crypto_mode).name,
+                     force=force, progress=progress)
+    scale = read_scale(input_dir) if source.is_local else None
+    if scale is not None:  # Q11's parameter depends on the scale: keep it beside the encrypted tables
+        with locate(output_dir).child(MARKER).open("wb") as handle:
+            handle.write(json.dumps({"scale": scale, "encrypted": True}).encode())
+    return report
+
+
+def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: str, queries: Sequence[int], *,
+                oracle=None, progress: Progress | None = None, spark_writer: bool = False) -> list[QueryRun]:
+    """Run ``queries``, write each result encrypted in ``output_mode``, time them, and check with ``oracle``.
+
+    ``oracle`` is an object with ``answer(n) -> rows``; when given, each written result is read back
+    (decrypted) and compared value by value with it. ``spark_writer`` writes plaintext results with
+    Spark's own CSV writer instead (the baseline).
+    """
+    from ppml.tpch.oracle import compare
+
+    runs: list[QueryRun] = []
+    for number in queries:
+        label = query_label(number)
+        if progress:
+            progress(label)
+        target = f"{output_dir.rstrip('/')}/{label}"
+        started = time.perf_counter()
+        df = run_query(number, tables)
+        if spark_writer:
+            df.write.mode("overwrite").option("header", True).csv(target)
+        else:
+            ctx.write(df, output_mode).mode("overwrite").option("header", True).csv(target)
+        seconds = time.perf_counter() - started
+        if spark_writer:
+            back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
+        else:
+            back = ctx.read(output_mode).option("header", True).schema(df.schema).csv(target).collect()
+        run = QueryRun(label, len(back), seconds)
+        if oracle is not None:
+            run.mismatches = compare(number, [tuple(r) for r in back], oracle.answer(number))
+            run.checked = True
+        runs.append(run)
+    write_times(output_dir, runs)
+    return runs
+
+
+def decrypted_oracle(input_dir: str, keyring, *, scale: float | None):
+    """The DuckDB oracle over encrypted tables, decrypted in memory only (nothing plaintext on disk)."""
+    from ppml.io.files import open_decrypted
+    from ppml.spark.splits import list_files
+    from ppml.tpch.oracle import Oracle
+    from ppml.tpch.tables import read_tbl_arrow
+
+    tables = {}
+    for table in TABLE_NAMES:
+        parts = []
+        for location in list_files((_table_glob(input_dir, table),)):
+            with open_decrypted(location, keyring=keyring) as plaintext:
+                parts.append(read_tbl_arrow([plaintext], table))
+        tables[table] = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    return Oracle.from_arrow(tables, scale=scale)
+
+
+def write_times(output_dir: str, runs: Sequence[QueryRun]) -> None:
+    """``TIMES.txt`` (``Q01<TAB>seconds``, as BigDL writes it) and ``times.json`` in plain text."""
+    root = locate(output_dir)
+    with root.child("TIMES.txt").open("wb") as handle:
+        handle.write("".join(f"{r.query}\t{r.seconds:.2f}\n" for r in runs).encode())
+    with root.child("times.json").open("wb") as handle:
+        handle.write(json.dumps({"schema": "ppml.tpch-times/1", "queries": [asdict(r) for r in runs]},
+                                indent=2).encode())
+
+
+def spark_csv_tables(spark: SparkSession, tbl_dir: str | Path, scale: float | None = None) -> Tables:
+    """Plaintext tables through Spark's own CSV reader (the baseline)."""
+    return tbl_tables(spark, tbl_dir, scale=scale)
