@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $@
 
 run: setup
-	$(VENV)/bin/ppml demo --dir demo
+	$(VENV)/bin/ppml tpch demo --dir demo
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadfile -q
