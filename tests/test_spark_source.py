@@ -254,3 +254,20 @@ def test_no_key_material_in_spark_conf_or_plans(ctx, encrypted_table, spark_keys
     for text in (conf, plan):
         assert material.hex() not in text and "spark-test-passphrase" not in text
     assert ctx.spark.conf.get("spark.io.encryption.enabled") == "true"
+
+
+def test_turning_protections_off_warns():
+    from ppml.errors import PpmlInsecureWarning
+    from ppml.spark.context import _warn_insecure
+
+    with pytest.warns(PpmlInsecureWarning, match="spark.io.encryption.enabled"):
+        _warn_insecure({"spark.io.encryption.enabled": "false"}, "local[2]")
+    with pytest.warns(PpmlInsecureWarning, match="spark.network.crypto.cipher"):
+        _warn_insecure({"spark.network.crypto.cipher": "AES/CTR/NoPadding"}, "spark://127.0.0.1:7077")
+    with pytest.warns(PpmlInsecureWarning, match="spark.authenticate"):
+        _warn_insecure({"spark.authenticate": "false"}, "k8s://https://api:6443")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_insecure({}, "local[2]")  # the defaults are secure: no warning
