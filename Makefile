@@ -8,15 +8,21 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+AZURITE := .azurite/node_modules/azurite/package.json
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
 .PHONY: setup run test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(AZURITE)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+# The Azure storage emulator for the tests (npm, into .azurite/); reinstalled if that folder is removed.
+$(AZURITE): scripts/setup.sh
+	bash scripts/setup.sh azurite
 	touch $@
 
 run: setup
@@ -29,4 +35,4 @@ bench: setup
 	$(PY) benchmarks/crypto_throughput.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .hypothesis
+	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite

@@ -128,3 +128,94 @@ def tpch_encrypted(tpch_plain, tmp_path_factory) -> dict[str, Path]:
     encrypt(str(tpch_plain), str(root / "encrypted"), key=key, envelope=(wrapped,), segment_size=64 * 1024)
     return {"plain": tpch_plain, "encrypted": root / "encrypted", "keystore": root / "ks.json",
             "password_file": password_file, "data_key": root / "dk.json"}
+
+
+# -- Azure storage: Azurite -------------------------------------------------------------------------------------
+# Azurite (npm) is installed into .azurite/ by scripts/setup.sh (`make test` runs it). One in-memory Blob
+# service per test worker, on a free loopback port, started with node directly (killing npx orphans it).
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented by Microsoft; not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_DIR = Path(__file__).resolve().parents[1] / ".azurite"
+
+
+def _azurite_free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def azurite_endpoint(tmp_path_factory) -> str:
+    """The blob endpoint URL (``http://127.0.0.1:PORT/devstoreaccount1``) of a running Azurite.
+
+    Fails under ``CI=true`` when Azurite is not installed; skips locally with a hint.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    main = AZURITE_DIR / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
+    node = shutil.which("node")
+    if not main.is_file() or node is None:
+        message = (f"Azurite is not installed in {AZURITE_DIR} (or node is missing): run `make test`, "
+                   "whose setup installs it with npm (scripts/setup.sh azurite)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    workdir = tmp_path_factory.mktemp("azurite")
+    port = _azurite_free_port()
+    log = open(workdir / "azurite.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [node, str(main), "--silent", "--disableTelemetry", "--inMemoryPersistence", "--blobHost", "127.0.0.1",
+         "--blobPort", str(port), "--skipApiVersionCheck", "--loose"],
+        cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Azurite exited with {proc.returncode}: "
+                            + (workdir / "azurite.log").read_text(errors="replace")[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("Azurite did not start listening within 30 s")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string(azurite_endpoint) -> str:
+    """The connection string of the session's Azurite (well-known ``devstoreaccount1`` key)."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={azurite_endpoint};")
+
+
+@pytest.fixture
+def azurite_container(azurite_connection_string, monkeypatch) -> str:
+    """A fresh, empty container; ``AZURE_STORAGE_CONNECTION_STRING`` points at Azurite for this test."""
+    import uuid
+
+    import adlfs
+
+    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string)
+    name = f"t{uuid.uuid4().hex[:20]}"
+    adlfs.AzureBlobFileSystem(connection_string=azurite_connection_string, skip_instance_cache=True).mkdir(name)
+    return name

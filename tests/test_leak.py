@@ -51,16 +51,18 @@ class _Watcher(threading.Thread):
         self.stop = threading.Event()
 
     def scan(self) -> None:
-        for path in self.root.rglob("*"):
-            if path.is_relative_to(self.encrypted_input) or (path.is_relative_to(self.results) and "part-" in path.name):
-                continue  # the encrypted tables and the encrypted result parts
-            try:
-                if path.is_file():
-                    self.seen.add(str(path))
-                    if self.needle in path.read_bytes():
-                        self.hits.add(str(path))
-            except OSError:
-                pass  # deleted while we looked
+        for folder, _, names in os.walk(self.root):  # os.walk skips folders deleted while it walks
+            for name in names:
+                path = Path(folder) / name
+                if path.is_relative_to(self.encrypted_input) or (path.is_relative_to(self.results) and "part-" in name):
+                    continue  # the encrypted tables and the encrypted result parts
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue  # deleted while we looked
+                self.seen.add(str(path))
+                if self.needle in data:
+                    self.hits.add(str(path))
 
     def run(self) -> None:
         while not self.stop.wait(0.5):

@@ -20,6 +20,7 @@ from ppml.errors import ConfigError, KeyAccessError, UsageError
 from ppml.keys.keyring import KeyRing
 from ppml.keys.kms import KeyManagementService, open_kms
 from ppml.keys.local import KEYSTORE_ENV, PASSWORD_ENV, LocalKms
+from ppml.keys.settings import read_secret_source
 
 # Human text and progress go to stderr; stdout carries only data (JSON, decrypted bytes). Messages are not
 # wrapped at the (default 80-column) width, so paths and key references stay whole for copying and grep.
@@ -27,6 +28,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 PASSPHRASE_FILE_ENV = "PPML_KEYSTORE_PASSWORD_FILE"
+PASSPHRASE_SOURCE_ENV = "PPML_KEYSTORE_PASSWORD_SOURCE"
+AZURE_VAULT_ENV = "PPML_AZURE_VAULT"
+_AZURE_NAMES = ("azure", "azurekeymanagementservice")
 JSON_SCHEMA = "ppml.cli/1"
 
 KeystoreOpt = Annotated[Optional[Path], typer.Option(
@@ -44,9 +48,19 @@ PrimaryKeyPlaintextOpt = Annotated[Optional[str], typer.Option(
     help="BigDL plaintext primary key (base64), read from SOURCE: env:VAR, file:PATH or - (stdin). "
          "Never the key itself: command lines are visible to other users.")]
 BigdlKmsOpt = Annotated[Optional[str], typer.Option(
-    "--kms", help="BigDL KMS type of the data key: SimpleKeyManagementService (with --primary-key-file).")]
+    "--kms", help="Key management service: local (default) or azure (Key Vault: --vault or $PPML_AZURE_VAULT); "
+                  "BigDL types SimpleKeyManagementService or AzureKeyManagementService with --primary-key-file.")]
 PrimaryKeyFileOpt = Annotated[Optional[Path], typer.Option(
-    "--primary-key-file", help="BigDL SimpleKMS primary-key file (16 digits).")]
+    "--primary-key-file", help="BigDL primary-key file: SimpleKMS (16 digits) or AzureKeyManagementService "
+                               "(the Key Vault key URL).")]
+KmsOpt = Annotated[Optional[str], typer.Option(
+    "--kms", help="Key management service: local (the key store, default) or azure (Azure Key Vault, with --vault).")]
+VaultOpt = Annotated[Optional[str], typer.Option(
+    "--vault", metavar="NAME|URL",
+    help=f"Azure Key Vault name (kv1) or URL, for --kms azure [default: ${AZURE_VAULT_ENV}].")]
+ClientIdOpt = Annotated[Optional[str], typer.Option(
+    "--client-id", envvar="AZURE_CLIENT_ID", show_envvar=True,
+    help="Client id of the user-assigned managed identity or workload identity that accesses Key Vault.")]
 InsecureSimpleOpt = Annotated[bool, typer.Option(
     "--insecure-allow-simple-kms", help="Accept BigDL SimpleKMS keys, which give NO confidentiality.")]
 
@@ -58,29 +72,12 @@ def emit_json(kind: str, payload: dict[str, object]) -> None:
     out.print_json(json.dumps(doc), indent=2)
 
 
-def read_secret_source(source: str, *, what: str) -> str:
-    """A secret from ``env:VAR``, ``file:PATH`` or ``-``; a literal value is refused."""
-    if source == "-":
-        return sys.stdin.readline().strip()
-    kind, _, rest = source.partition(":")
-    if kind == "env" and rest:
-        if not os.environ.get(rest):
-            raise ConfigError(f"the environment variable {rest} for the {what} is not set")
-        return os.environ[rest].strip()
-    if kind == "file" and rest:
-        path = Path(rest).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"the {what} file {path} does not exist")
-        return path.read_text(encoding="utf-8").strip()
-    raise UsageError(
-        f"the {what} must be given as env:VAR, file:PATH or '-', not as a value",
-        hint="secrets on a command line end up in shell history and process lists; "
-             "e.g. export PRIMARY_KEY=...; --primary-key-plaintext env:PRIMARY_KEY",
-    )
-
-
 def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False):
-    """A callable giving the key store passphrase: file, then environment, then an interactive prompt."""
+    """A callable giving the key store passphrase: file, then environment, then an interactive prompt.
+
+    ``$PPML_KEYSTORE_PASSWORD_SOURCE`` names a secret source (``azure-secret:VAULT/NAME``, ``file:PATH``,
+    ``env:VAR``) and comes after ``--passphrase-file`` and before ``$PPML_KEYSTORE_PASSWORD``.
+    """
 
     def get() -> str:
         if passphrase_file is not None:
@@ -90,6 +87,8 @@ def passphrase_source(passphrase_file: Path | None, *, confirm: bool = False):
                 return passphrase_file.read_text(encoding="utf-8").rstrip("\n")
             except OSError as exc:
                 raise ConfigError(f"cannot read the passphrase file {passphrase_file}: {exc.strerror}") from None
+        if os.environ.get(PASSPHRASE_SOURCE_ENV):
+            return read_secret_source(os.environ[PASSPHRASE_SOURCE_ENV], what="key store passphrase")
         if os.environ.get(PASSWORD_ENV):
             return os.environ[PASSWORD_ENV]
         if sys.stdin.isatty():
@@ -104,9 +103,41 @@ def local_kms(keystore: Path | None, passphrase_file: Path | None, *, confirm: b
     return LocalKms(keystore, passphrase_source(passphrase_file, confirm=confirm))
 
 
+def is_azure(kms: str | None) -> bool:
+    """Whether ``--kms`` names Azure Key Vault (``azure``, or BigDL's ``AzureKeyManagementService``)."""
+    return kms is not None and kms.lower() in _AZURE_NAMES
+
+
+def azure_kms(vault: str | None, client_id: str | None = None, *, hsm: bool = False) -> KeyManagementService:
+    """The Key Vault backend of ``--vault`` (or ``$PPML_AZURE_VAULT``)."""
+    vault = vault or os.environ.get(AZURE_VAULT_ENV)
+    if not vault:
+        raise UsageError("--kms azure needs the vault: --vault NAME (or URL)",
+                         hint=f"or set {AZURE_VAULT_ENV}=NAME; e.g. --vault kv1 for https://kv1.vault.azure.net")
+    return open_kms("azure", vault=vault, client_id=client_id or None, hsm=hsm)
+
+
+def primary_kms(kms: str | None, vault: str | None, client_id: str | None, keystore: Path | None,
+                passphrase_file: Path | None, *, confirm: bool = False, hsm: bool = False) -> KeyManagementService:
+    """The backend that holds primary keys for a command: the local key store, or Azure Key Vault."""
+    if is_azure(kms):
+        return azure_kms(vault, client_id, hsm=hsm)
+    if kms is not None and kms.lower() != "local":
+        raise UsageError(f"--kms {kms} does not hold primary keys for this command", hint="use --kms local or azure")
+    if vault:
+        raise UsageError("--vault is for --kms azure", hint="add --kms azure, or drop --vault")
+    if hsm:
+        raise UsageError("--hsm is for --kms azure")
+    return local_kms(keystore, passphrase_file, confirm=confirm)
+
+
 def bigdl_backends(primary_key_plaintext: str | None, kms: str | None, primary_key_file: Path | None,
                    insecure_simple: bool) -> list[KeyManagementService]:
-    """BigDL key-unwrapping backends named by the BigDL options, if any."""
+    """Key-unwrapping backends named by ``--kms`` and the BigDL options, if any.
+
+    ``--kms azure`` adds the Key Vault of ``$PPML_AZURE_VAULT``; ``--kms AzureKeyManagementService
+    --primary-key-file F`` reads BigDL's Azure data keys with the Key Vault key URL in ``F``.
+    """
     backends: list[KeyManagementService] = []
     if primary_key_plaintext:
         text = read_secret_source(primary_key_plaintext, what="BigDL plaintext primary key")
@@ -115,26 +146,42 @@ def bigdl_backends(primary_key_plaintext: str | None, kms: str | None, primary_k
         except binascii.Error:
             raise ConfigError("the BigDL plaintext primary key is not valid base64") from None
         backends.append(open_kms("bigdl-plaintext", primary_key=material))
-    if kms:
+    if is_azure(kms):
+        if primary_key_file is not None:
+            backends.append(open_kms("bigdl-azure", primary_key_file=primary_key_file))
+        elif os.environ.get(AZURE_VAULT_ENV):
+            backends.append(azure_kms(None))
+        else:
+            raise UsageError(f"--kms azure here takes the vault from ${AZURE_VAULT_ENV}, which is not set",
+                             hint=f"export {AZURE_VAULT_ENV}=NAME (the vault's name or URL)")
+    elif kms:
         if kms.lower() not in ("simplekeymanagementservice", "simplekms"):
             raise UsageError(f"--kms {kms} is not a BigDL key type this command reads",
                              hint="use --kms SimpleKeyManagementService with --primary-key-file, "
+                                  "--kms AzureKeyManagementService with --primary-key-file (the Key Vault key URL), "
                                   "or --primary-key-plaintext for plaintext primary keys")
         if primary_key_file is None:
             raise UsageError("--kms SimpleKeyManagementService needs --primary-key-file")
         backends.append(open_kms("SimpleKeyManagementService", primary_key_file=primary_key_file,
                                  allow_insecure=insecure_simple))
     elif primary_key_file is not None:
-        raise UsageError("--primary-key-file needs --kms SimpleKeyManagementService")
+        raise UsageError("--primary-key-file needs --kms SimpleKeyManagementService or AzureKeyManagementService")
     return backends
 
 
 def keyring(keystore: Path | None, passphrase_file: Path | None,
             extra: list[KeyManagementService] | None = None) -> KeyRing:
-    """A key ring with the local key store (opened on first use) and any extra backends."""
+    """A key ring with the local key store (opened on first use) and any extra backends.
+
+    Envelopes wrapped by Azure Key Vault open through the vault of ``$PPML_AZURE_VAULT`` when it is set.
+    """
 
     def open_backend(name: str) -> KeyManagementService | None:
-        return local_kms(keystore, passphrase_file) if name == "local" else None
+        if name == "local":
+            return local_kms(keystore, passphrase_file)
+        if name == "azure" and os.environ.get(AZURE_VAULT_ENV):
+            return azure_kms(None)
+        return None
 
     return KeyRing(extra or [], open_backend)
 

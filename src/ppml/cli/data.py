@@ -9,14 +9,17 @@ import typer
 
 from ppml.cli._common import (
     BigdlKmsOpt,
+    ClientIdOpt,
     ForceOpt,
     InsecureSimpleOpt,
     JsonOpt,
     KeyNameOpt,
     KeystoreOpt,
+    KmsOpt,
     PassFileOpt,
     PrimaryKeyFileOpt,
     PrimaryKeyPlaintextOpt,
+    VaultOpt,
     WorkersOpt,
     bigdl_backends,
     byte_progress,
@@ -24,6 +27,7 @@ from ppml.cli._common import (
     err,
     keyring,
     local_kms,
+    primary_kms,
 )
 from ppml.crypto.formats import DEFAULT_FORMAT, get_format
 from ppml.crypto.gcm_stream import SEGMENT_PRESETS
@@ -36,7 +40,7 @@ from ppml.keys.local import DEFAULT_KEY_NAME
 ModeOpt = Annotated[Optional[str], typer.Option(
     "--mode", help="Crypto mode: aes_gcm_stream, aes/cbc/pkcs5padding (alias aes_cbc_pkcs5padding), plain_text.")]
 DataKeyOpt = Annotated[Optional[Path], typer.Option("--data-key", help="Data-key file (from 'ppml keys data-key').")]
-_BIGDL_KMS = {"bigdl-plaintext", "SimpleKeyManagementService"}
+_BIGDL_KMS = {"bigdl-plaintext", "SimpleKeyManagementService", "bigdl-azure"}
 
 
 def _total(path: str) -> int:
@@ -207,6 +211,9 @@ def register(app: typer.Typer) -> None:
             "--remove", help="Drop copies wrapped by this key (kms:key or kms:key#vN); repeatable.")] = None,
         keystore: KeystoreOpt = None,
         passphrase_file: PassFileOpt = None,
+        kms_name: KmsOpt = None,
+        vault: VaultOpt = None,
+        client_id: ClientIdOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -215,12 +222,15 @@ def register(app: typer.Typer) -> None:
         No plaintext is produced and no data is re-encrypted; headers are rewritten in place. Reports how
         many files remain on each key version.
 
-        **Example**: `ppml keys rotate && ppml rewrap ./tpch-enc`
+        **Examples**
+
+        * `ppml keys rotate && ppml rewrap ./tpch-enc`
+        * `ppml rewrap ./tpch-enc --kms azure --vault kv1 --key-name tpch` (after `ppml keys rotate --kms azure ...`)
         """
-        kms = local_kms(keystore, passphrase_file)
+        kms = primary_kms(kms_name, vault, client_id, keystore, passphrase_file)
         ring = keyring(keystore, passphrase_file, [kms])
-        report = rotation.rewrap(path, keyring=ring, backend=kms, key_name=key_name, remove=remove or [],
-                                 workers=workers)
+        report = rotation.rewrap(path, keyring=ring, backend=kms, key_name=kms.key_identifier(key_name),
+                                 remove=remove or [], workers=workers)
         usage = rotation.key_usage(rotation.scan(path))
         failed = [d for d in report.details if d["status"] == "failed"]
         if as_json:

@@ -10,18 +10,24 @@ import typer
 
 from ppml.cli._common import (
     BigdlKmsOpt,
+    ClientIdOpt,
     ForceOpt,
     InsecureSimpleOpt,
     JsonOpt,
     KeyNameOpt,
+    KmsOpt,
     KeystoreOpt,
     PassFileOpt,
     PrimaryKeyFileOpt,
     PrimaryKeyPlaintextOpt,
+    VaultOpt,
+    azure_kms,
     bigdl_backends,
     emit_json,
     err,
+    is_azure,
     local_kms,
+    primary_kms,
 )
 from ppml.errors import ConfigError, UsageError
 from ppml.io import rotation
@@ -30,11 +36,13 @@ from ppml.keys.kms import PrimaryKeyInfo
 from ppml.keys.local import DEFAULT_KEY_NAME
 
 app = typer.Typer(help="Create, rotate and inspect keys.", no_args_is_help=True, rich_markup_mode="markdown")
+HsmOpt = Annotated[bool, typer.Option("--hsm", help="--kms azure: create an RSA-HSM key (Premium vaults).")]
 
 
 def _show_key(info: PrimaryKeyInfo) -> None:
     versions = ", ".join(f"v{v.version} ({v.state})" for v in info.versions)
-    err.print(f"[bold]{info.kms}:{info.name}[/]  current version v{info.current_version}  versions: {versions}")
+    name = info.details.get("key_id", info.name) if info.kms == "azure" else info.name
+    err.print(f"[bold]{info.kms}:{name}[/]  current version v{info.current_version}  versions: {versions}")
 
 
 @app.command()
@@ -42,18 +50,37 @@ def init(
     key_name: KeyNameOpt = DEFAULT_KEY_NAME,
     keystore: KeystoreOpt = None,
     passphrase_file: PassFileOpt = None,
+    kms_name: KmsOpt = None,
+    vault: VaultOpt = None,
+    client_id: ClientIdOpt = None,
+    hsm: HsmOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create the key store (if missing) and a primary key in it.
+    """Create the key store (if missing) and a primary key in it, or a primary key in Azure Key Vault.
 
-    The passphrase comes from --passphrase-file, $PPML_KEYSTORE_PASSWORD, or a prompt.
+    The passphrase comes from --passphrase-file, $PPML_KEYSTORE_PASSWORD, or a prompt. With --kms azure
+    the key is an RSA-3072 Key Vault key (RSA-HSM with --hsm; AES-256 oct-HSM on a Managed HSM), created with
+    your Azure identity (DefaultAzureCredential: az login, managed or workload identity).
 
     **Examples**
 
     * `ppml keys init`: key store in ~/.config/ppml, primary key "default"
     * `PPML_KEYSTORE=./ks.json ppml keys init --key-name tpch`
+    * `ppml keys init --kms azure --vault kv1 --key-name tpch`
     """
-    kms = local_kms(keystore, passphrase_file, confirm=True)
+    if is_azure(kms_name):
+        info = azure_kms(vault, client_id, hsm=hsm).create_key(key_name)
+        if as_json:
+            emit_json("keys.init", {"kms": "azure", "key": info.to_json()})
+            return
+        details = info.details
+        size = f" {details['key_size']}" if "key_size" in details else ""
+        err.print(f"Created Key Vault key [bold]{details['key_id']}[/] ({details['kty']}{size}) "
+                  f"version v{info.current_version}.")
+        err.print(f"Next: ppml keys data-key --kms azure --vault {vault or '$PPML_AZURE_VAULT'} --key-name {key_name} "
+                  "--out data-key.json")
+        return
+    kms = primary_kms(kms_name, vault, client_id, keystore, passphrase_file, confirm=True, hsm=hsm)
     created_store = not kms.exists
     if created_store:
         kms.create_store()
@@ -77,6 +104,8 @@ def data_key(
     kms: BigdlKmsOpt = None,
     primary_key_file: PrimaryKeyFileOpt = None,
     insecure_allow_simple_kms: InsecureSimpleOpt = False,
+    vault: VaultOpt = None,
+    client_id: ClientIdOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -88,12 +117,21 @@ def data_key(
     **Examples**
 
     * `ppml keys data-key --out dk.json`
+    * `ppml keys data-key --out dk.json --kms azure --vault kv1 --key-name tpch`
     * `ppml keys data-key --out bigdl-dk.json --primary-key-plaintext env:BIGDL_PRIMARY_KEY`
+    * `ppml keys data-key --out bigdl-dk.json --kms AzureKeyManagementService --primary-key-file keys/primaryKey`
     """
-    bigdl = bigdl_backends(primary_key_plaintext, kms, primary_key_file, insecure_allow_simple_kms)
-    if len(bigdl) > 1:
-        raise UsageError("name one BigDL key source: --primary-key-plaintext or --kms SimpleKeyManagementService")
-    backend = bigdl[0] if bigdl else local_kms(keystore, passphrase_file)
+    if is_azure(kms) and primary_key_file is None:
+        if primary_key_plaintext:
+            raise UsageError("name one key source: --kms azure or --primary-key-plaintext")
+        backend = azure_kms(vault, client_id)
+    else:
+        if vault:
+            raise UsageError("--vault is for --kms azure")
+        bigdl = bigdl_backends(primary_key_plaintext, kms, primary_key_file, insecure_allow_simple_kms)
+        if len(bigdl) > 1:
+            raise UsageError("name one BigDL key source: --primary-key-plaintext or --kms with --primary-key-file")
+        backend = bigdl[0] if bigdl else local_kms(keystore, passphrase_file)
     key, wrapped = backend.generate_data_key(key_name)
     record = DataKeyFile.new(key.key_id, (wrapped,))
     record.save(out, replace=force)
@@ -108,16 +146,22 @@ def rotate(
     key_name: KeyNameOpt = DEFAULT_KEY_NAME,
     keystore: KeystoreOpt = None,
     passphrase_file: PassFileOpt = None,
+    kms_name: KmsOpt = None,
+    vault: VaultOpt = None,
+    client_id: ClientIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a new version of a primary key; new data keys are wrapped by it.
 
     Existing files stay readable (their headers name the version that wrapped them). Move them to the new
-    version with `ppml rewrap PATH`.
+    version with `ppml rewrap PATH`. With --kms azure this adds a Key Vault key version (permission 'rotate').
 
-    **Example**: `ppml keys rotate && ppml rewrap ./encrypted`
+    **Examples**
+
+    * `ppml keys rotate && ppml rewrap ./encrypted`
+    * `ppml keys rotate --kms azure --vault kv1 --key-name tpch`
     """
-    info = local_kms(keystore, passphrase_file).rotate_key(key_name)
+    info = primary_kms(kms_name, vault, client_id, keystore, passphrase_file).rotate_key(key_name)
     if as_json:
         emit_json("keys.rotate", {"key": info.to_json()})
         return
@@ -126,12 +170,31 @@ def rotate(
 
 
 @app.command("list")
-def list_keys(keystore: KeystoreOpt = None, as_json: JsonOpt = False) -> None:
+def list_keys(
+    keystore: KeystoreOpt = None,
+    kms_name: KmsOpt = None,
+    vault: VaultOpt = None,
+    client_id: ClientIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List the primary keys and their versions (no passphrase needed).
 
-    **Example**: `ppml keys list --json`
+    **Examples**
+
+    * `ppml keys list --json`
+    * `ppml keys list --kms azure --vault kv1`
     """
-    kms = local_kms(keystore, None)
+    if is_azure(kms_name):
+        backend = azure_kms(vault, client_id)
+        infos = backend.list_keys()
+        if as_json:
+            emit_json("keys.list", {"vault": backend.vault_url, "keys": [i.to_json() for i in infos]})
+            return
+        err.print(f"Key Vault {backend.vault_url}:")
+        for info in infos:
+            _show_key(info)
+        return
+    kms = primary_kms(kms_name, vault, client_id, keystore, None)
     infos = kms.list_keys()
     if as_json:
         emit_json("keys.list", {"keystore": str(kms.path), "keys": [i.to_json() for i in infos]})
@@ -143,13 +206,35 @@ def list_keys(keystore: KeystoreOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def inspect(
-    file: Annotated[Path, typer.Argument(help="A data-key file or a key store file.", exists=True, dir_okay=False)],
+    file: Annotated[Optional[Path], typer.Argument(
+        help="A data-key file or a key store file.", exists=True, dir_okay=False)] = None,
+    kms_name: KmsOpt = None,
+    vault: VaultOpt = None,
+    client_id: ClientIdOpt = None,
+    key_name: KeyNameOpt = DEFAULT_KEY_NAME,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what a data-key file or key store holds, without unwrapping anything.
+    """Show what a data-key file or key store holds, without unwrapping anything; or describe a Key Vault key.
 
-    **Example**: `ppml keys inspect dk.json --json`
+    **Examples**
+
+    * `ppml keys inspect dk.json --json`
+    * `ppml keys inspect --kms azure --vault kv1 --key-name tpch`: its versions, type and size
     """
+    if file is None:
+        if not is_azure(kms_name):
+            raise UsageError("inspect needs a FILE (data-key file or key store), or --kms azure --key-name NAME")
+        info = azure_kms(vault, client_id).describe_key(key_name)
+        if as_json:
+            emit_json("keys.inspect", {"type": "azure-key", "key": info.to_json()})
+            return
+        details = info.details
+        err.print(f"Key Vault key {details['key_id']}: {details['kty']}"
+                  + (f" {details['key_size']}" if "key_size" in details else ""))
+        _show_key(info)
+        return
+    if kms_name is not None or vault is not None:
+        raise UsageError("--kms/--vault describe a Key Vault key; give either them or a FILE")
     doc = json.loads(file.read_text(encoding="utf-8"))
     if str(doc.get("schema", "")).startswith("ppml.keystore/"):
         infos = local_kms(file, None).list_keys()

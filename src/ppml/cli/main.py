@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__
-from ppml.cli import data, keys, tpch
+from ppml.cli import azure, data, keys, tpch
+from ppml.cli import cp
 from ppml.cli._common import err
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
@@ -29,7 +30,9 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(tpch.app, name="tpch")
+app.add_typer(azure.app, name="azure")
 data.register(app)
+cp.register(app)
 app.command()(demo)
 
 

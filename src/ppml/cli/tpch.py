@@ -208,7 +208,7 @@ def run(
     from ppml.cli._common import bigdl_backends
     from ppml.crypto.formats import get_format
     from ppml.tpch.gen import read_scale
-    from ppml.tpch.runner import ppml_tables, run_queries
+    from ppml.tpch.runner import ppml_tables, run_queries, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
@@ -226,6 +226,7 @@ def run(
         oracle = _oracle_for(input_dir, input_mode, ring, plaintext, scale) if check else None
         tables = ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune)
         with err.status("running") as status:
+            warm_up(tables)
             runs = run_queries(ctx, tables, output_dir, output_mode, numbers, oracle=oracle,
                                progress=lambda label: status.update(f"running {label}"))
     finally:
@@ -268,7 +269,7 @@ def demo(
     from ppml.keys.local import LocalKms
     from ppml.tpch.gen import generate
     from ppml.tpch.oracle import Oracle
-    from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables
+    from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
@@ -322,10 +323,14 @@ def demo(
             def progress(prefix):
                 return lambda label: status.update(f"{prefix} {label}")
 
-            encrypted_runs = run_queries(ctx, ppml_tables(ctx, str(encrypted), "aes_gcm_stream", scale=scale),
+            encrypted_tables = ppml_tables(ctx, str(encrypted), "aes_gcm_stream", scale=scale)
+            plain_tables = spark_csv_tables(spark, work / "plain", scale=scale)
+            warm_up(encrypted_tables)
+            warm_up(plain_tables)
+            encrypted_runs = run_queries(ctx, encrypted_tables,
                                          str(work / "results-encrypted"), "aes_gcm_stream", numbers, oracle=oracle,
                                          progress=progress("encrypted input, encrypted output:"))
-            plain_runs = run_queries(ctx, spark_csv_tables(spark, work / "plain", scale=scale),
+            plain_runs = run_queries(ctx, plain_tables,
                                      str(work / "results-plaintext"), "plain_text", numbers, spark_writer=True,
                                      progress=progress("plaintext with Spark's CSV reader:"))
         elapsed = time.perf_counter() - started

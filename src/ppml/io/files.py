@@ -19,6 +19,7 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import SNIFF_SIZE, FileFormat, FileInfo, available_formats, detect_format, get_format
 from ppml.errors import CorruptHeaderError, PpmlError, UsageError
+from ppml.io import azure as _azure
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys.keyring import KeyRing
 
@@ -30,6 +31,7 @@ __all__ = [
     "verify",
     "open_decrypted",
     "open_encrypted",
+    "copy",
     "default_workers",
 ]
 
@@ -62,7 +64,7 @@ def _at(base: Location, relative: str) -> Location:
 
 
 def _sniff(location: Location) -> FileFormat:
-    with location.open("rb") as raw:
+    with location.open("rb", header_only=True) as raw:
         fmt = detect_format(raw.read(SNIFF_SIZE), location.path)
     if not fmt.encrypted:
         # A damaged header must not make an encrypted file pass as plaintext (copied out by decrypt,
@@ -82,7 +84,7 @@ def _sniff(location: Location) -> FileFormat:
 def describe(location: Location, fmt: FileFormat | None = None) -> FileInfo:
     """Header facts and wrapped keys of one file, read without any key."""
     fmt = fmt or _sniff(location)
-    with location.open("rb") as raw:
+    with location.open("rb", header_only=True) as raw:
         info = fmt.describe(raw, name=location.url)
     return FileInfo(info.format, info.envelope, {**info.facts, "size": location.size()})
 
@@ -184,6 +186,49 @@ def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey],
     return report
 
 
+_STAGING_MARKERS = (".ppml-partial-", ".ppml-old-")
+
+
+def copy(src: str, dst: str, *, force: bool = False, workers: int | None = None,
+         progress: Progress | None = None) -> Report:
+    """Copy a file or a tree byte for byte (hidden files included), atomically like every output.
+
+    Between two locations of one Azure storage account the copy is server-side (no bytes pass through
+    this machine); otherwise files are streamed, in parallel. Leftovers of interrupted ppml outputs
+    (``.NAME.ppml-partial-*``) are not copied.
+    """
+    source, target = locate(src), locate(dst)
+    _refuse_same(source, target)
+    started = time.perf_counter()
+    entries = [(rel, size) for rel, size in source.files(include_hidden=True)
+               if not any(marker in part for part in rel.split("/") for marker in _STAGING_MARKERS)]
+    report = Report("copy", "bytes")
+    server_side = source.is_azure and target.is_azure and _same_store(source, target)
+    with staged_output(target, force=force) as staging:
+        if server_side:
+            pairs = [(_at(source, rel).path, _at(staging, rel).path) for rel, _ in entries]
+            with target.errors():
+                _azure.copy_blobs(target.fs, pairs, workers=workers or 16)
+            if progress:
+                progress(sum(size for _, size in entries))
+            report.details = [{"source": _at(source, rel).url, "target": _at(target, rel).url, "bytes": size}
+                              for rel, size in entries]
+        else:
+            def task(relative: str) -> Callable[[], dict[str, object]]:
+                def run() -> dict[str, object]:
+                    with _at(source, relative).open("rb") as reader, _at(staging, relative).open("wb") as writer:
+                        written = _copy(reader, writer, progress)
+                    return {"source": _at(source, relative).url, "target": _at(target, relative).url,
+                            "bytes": written}
+                return run
+
+            report.details = _run([task(rel) for rel, _ in entries], workers)
+    report.files = len(report.details)
+    report.bytes = sum(int(d["bytes"]) for d in report.details)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def _strip(relative: str, fmt: FileFormat) -> str:
     return relative[: -len(fmt.suffix)] if fmt.suffix and relative.endswith(fmt.suffix) else relative
 
@@ -253,13 +298,22 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
     return report
 
 
+def _same_store(a: Location, b: Location) -> bool:
+    if a.fs is b.fs:
+        return True
+    # abfs:// and abfss:// URLs of one account open distinct (equivalent) file system objects.
+    return a.is_azure and b.is_azure and a.auth.account is not None and a.auth.account == b.auth.account
+
+
 def _refuse_same(source: Location, target: Location) -> None:
-    same = source.fs is target.fs and source.path.rstrip("/") == target.path.rstrip("/")
-    local = source.is_local and target.is_local
-    inside = local and target.path.startswith(source.path.rstrip("/") + os.sep)
+    if not _same_store(source, target):
+        return
+    sep = os.sep if source.is_local else "/"
+    src, dst = source.path.rstrip("/"), target.path.rstrip("/")
+    same = src == dst
+    inside = dst.startswith(src + sep)
     # An output that contains the input would delete the input when --force replaces it.
-    contains = local and source.path.startswith(target.path.rstrip("/") + os.sep)
+    contains = src.startswith(dst + sep)
     if same or inside or contains:
         raise UsageError(f"the output {target.url} must not be the input, inside it, or contain it",
                          hint="choose an output outside the input")
-

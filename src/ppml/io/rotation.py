@@ -12,6 +12,7 @@ Three operations that never overlap:
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ class KeyedFile:
 
 
 def _classify(location: Location) -> KeyedFile | None:
-    with location.open("rb") as raw:
+    with location.open("rb", header_only=True) as raw:
         head = raw.read(SNIFF_SIZE)
         if head.lstrip()[:1] == b"{" and location.size() <= datakey_file.MAX_SIZE:
             raw.seek(0)
@@ -102,6 +103,15 @@ def _rewrite_header(location: Location, envelope: Sequence[WrappedKey]) -> None:
         _copy(src, dst, None)
 
 
+def _save_data_key(location: Location, record: DataKeyFile) -> None:
+    if location.is_local:
+        record.save(location.path, replace=True)
+        return
+    # Object stores have no file modes: access is the container's (and the key stays wrapped anyway).
+    with staged_output(location, force=True) as staging, staging.open("wb") as out:
+        out.write((json.dumps(record.to_json(), indent=2) + "\n").encode())
+
+
 def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_name: str,
            remove: Sequence[str] = (), workers: int | None = None, progress: Progress | None = None) -> Report:
     """Re-wrap every data key below ``path`` with the current version of ``backend``'s ``key_name``.
@@ -121,10 +131,12 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
                 if not keyed.rewrappable:
                     return {**entry, "status": "skipped", "reason": f"{keyed.kind} headers cannot be re-wrapped"}
                 if keyed.kind == "data-key":
-                    record = DataKeyFile.parse(keyed.location.fs.cat_file(keyed.location.path), name=keyed.location.url)
+                    with keyed.location.errors():
+                        data = keyed.location.fs.cat_file(keyed.location.path)
+                    record = DataKeyFile.parse(data, name=keyed.location.url)
                     key = keyring.unwrap(record.envelope, name=keyed.location.url, key_id=record.key_id)
                     envelope = _new_envelope(record.envelope, key, backend, key_name, remove)
-                    record.with_envelope(envelope).save(keyed.location.path, replace=True)
+                    _save_data_key(keyed.location, record.with_envelope(envelope))
                 else:
                     key = keyring.unwrap(keyed.envelope, name=keyed.location.url)
                     with keyed.location.open("rb") as raw:  # prove the key is this file's before rewriting

@@ -80,6 +80,14 @@ class KeyManagementService(ABC):
         Raises :class:`~ppml.errors.KeyAccessError` (or a subclass) naming the key when it cannot.
         """
 
+    def key_identifier(self, key_name: str) -> str:
+        """What this backend stores as ``WrappedKey.key`` for primary key ``key_name``.
+
+        The name itself by default; backends whose names are ambiguous across instances store something
+        longer (Azure Key Vault: the versionless key URL, which names the vault).
+        """
+        return key_name
+
     def generate_data_key(self, key_name: str) -> tuple[DataKey, WrappedKey]:
         """A new data key and its wrapped copy."""
         key = DataKey.generate()
@@ -109,8 +117,10 @@ _KNOWN: dict[str, tuple[str, str | None]] = {
     "local": ("ppml.keys.local:LocalKms", None),
     "bigdl-plaintext": ("ppml.keys.bigdl:PlaintextPrimaryKeyKms", None),
     "SimpleKeyManagementService": ("ppml.keys.bigdl:SimpleKms", None),
+    "azure": ("ppml.keys.azure:AzureKeyVaultKms", "azure"),
+    "bigdl-azure": ("ppml.keys.azure:BigdlAzureKms", "azure"),
 }
-_ALIASES: dict[str, str] = {"simplekms": "SimpleKeyManagementService"}
+_ALIASES: dict[str, str] = {"simplekms": "SimpleKeyManagementService", "azurekeymanagementservice": "azure"}
 _REGISTERED: dict[str, type[KeyManagementService]] = {}
 
 

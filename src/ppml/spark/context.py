@@ -26,6 +26,7 @@ from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
 from ppml.errors import AlreadyExistsError, ConfigError, PpmlInsecureWarning, UsageError
+from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.spark.datasource import PpmlDataSource
@@ -102,12 +103,18 @@ class PPMLContext:
         ``$PPML_KEYSTORE`` and ``$PPML_KEYSTORE_PASSWORD`` in their environment).
     primary_key_plaintext
         BigDL plaintext primary key *source* (``env:VAR`` or ``file:PATH``), for BigDL files.
+    azure_storage
+        Credentials for ``abfs://``, ``abfss://`` and ``az://`` paths, as
+        :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
+        each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
+        then ``DefaultAzureCredential``.
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, data_key: str | None = None,
                  keystore: str | None = None, keystore_password_file: str | None = None,
                  primary_key_plaintext: str | None = None, simple_kms_primary_key_file: str | None = None,
-                 insecure_allow_simple_kms: bool = False) -> None:
+                 insecure_allow_simple_kms: bool = False,
+                 azure_storage: AzureStorageSettings | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
@@ -124,6 +131,8 @@ class PPMLContext:
         if data_key is not None:
             settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
         self._settings = {k: str(v) for k, v in settings.items() if v is not None}
+        self._storage = azure_storage or AzureStorageSettings()
+        self._settings.update(self._storage.to_options())
 
     def read(self, crypto_mode: str = "aes_gcm_stream") -> EncryptedReader:
         """A reader for files in ``crypto_mode`` (each encrypted file's own header names its key)."""
@@ -214,7 +223,8 @@ class EncryptedWriter:
         return self
 
     def save(self, path: str, format: str = "csv") -> None:  # noqa: A002
-        target = locate(path)
+        options = {k.lower(): v for k, v in self._options.items()}
+        target = locate(path, azure=AzureStorageSettings.from_options(options))
         exists = target.exists() and (not target.is_dir() or bool(target.files()))
         if exists and self._mode in ("error", "errorifexists", "default"):
             raise AlreadyExistsError(f"{path} already exists", hint="use .mode('overwrite') or .mode('append')")

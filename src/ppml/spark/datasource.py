@@ -20,6 +20,11 @@ option                     meaning
 ``primaryKeyPlaintext``    BigDL plaintext primary key source: ``env:VAR`` or ``file:PATH``
 ``simpleKmsPrimaryKeyFile``, ``insecureAllowSimpleKms``: BigDL SimpleKMS (no confidentiality)
 ``segment``                aes_gcm_stream segment preset for writes (AES256_GCM_HKDF_1MB)
+``azureStorageAccount``,   Azure storage for ``abfs://``, ``abfss://``, ``az://`` paths (default: the
+``azureStorage...``        ``AZURE_STORAGE_*`` variables of each executor); secrets as ``env:VAR`` or
+                           ``file:PATH`` sources: ``azureStorageConnectionString``,
+                           ``azureStorageAccountKey``, ``azureStorageSasToken``; ``azureClientId``
+                           (user-assigned managed identity), ``azureStorageBlobEndpoint``
 =========================  ==================================================================
 """
 
@@ -57,7 +62,7 @@ class PpmlDataSource(DataSource):
             return StructType([StructField("value", StringType())])
         if options.text.format == "json":
             raise ConfigError("reading JSON needs a schema", hint="pass .schema('a INT, b STRING, ...')")
-        files = list_files(options.paths)
+        files = list_files(options.paths, azure=options.storage)
         if not files:
             raise ConfigError(f"no files to infer a schema from under {', '.join(options.paths)}",
                               hint="pass a schema with .schema(...)")

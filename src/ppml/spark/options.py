@@ -2,7 +2,8 @@
 
 Options are what users pass to ``.option(...)`` (case-insensitive). None of them is secret: data keys
 travel only in wrapped form, and passphrases or BigDL primary keys are named by *source*
-(``env:VAR`` / ``file:PATH``), which each executor resolves for itself.
+(``env:VAR`` / ``file:PATH``), which each executor resolves for itself; so are Azure storage credentials
+(``azureStorageConnectionString``, ``azureStorageAccountKey``, ``azureStorageSasToken``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import ConfigError, UsageError
+from ppml.io.azure import AzureStorageSettings
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
 
@@ -27,6 +29,7 @@ _KNOWN = {
     "columns", "splitsize", "kms", "keystore", "keystorepasswordfile", "datakey", "datakeyjson",
     "primarykeyplaintext", "simplekmsprimarykeyfile", "insecureallowsimplekms", "segment",
     "ignoretrailingdelimiter", "fileschema", "filterpushdown",
+    *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
 }
 
 
@@ -53,6 +56,7 @@ class SourceOptions:
     columns: tuple[str, ...] | None = None
     split_size: int = DEFAULT_SPLIT_SIZE
     segment: str = "AES256_GCM_HKDF_1MB"
+    storage: AzureStorageSettings = AzureStorageSettings()
 
     def envelope(self) -> tuple[WrappedKey, ...]:
         """The wrapped copies of the data key to write with (never the key itself)."""
@@ -119,5 +123,6 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
         raise ConfigError(f"option 'splitSize' must be a number of bytes, not {lowered['splitsize']!r}") from None
     if split_size < 1024 * 1024:
         raise ConfigError("option 'splitSize' must be at least 1 MiB")
+    storage = AzureStorageSettings.from_options(lowered)
     return SourceOptions(paths, lowered.get("cryptomode", "aes_gcm_stream"), text, keys, data_key_json, columns,
-                         split_size, lowered.get("segment", "AES256_GCM_HKDF_1MB"))
+                         split_size, lowered.get("segment", "AES256_GCM_HKDF_1MB"), storage)

@@ -46,11 +46,11 @@ class PpmlReader(DataSourceReader):
         self.filters: list[Filter] = []
 
     def partitions(self) -> list[FileSplit]:
-        files = list_files(self.options.paths)
+        files = list_files(self.options.paths, azure=self.options.storage)
         return plan_splits(files, self.options.crypto_mode, self.options.split_size)
 
     def read(self, partition: FileSplit) -> Iterator[pa.RecordBatch]:
-        location = locate(partition.url)
+        location = locate(partition.url, azure=self.options.storage)
         fmt = get_format(partition.format)
         target = arrow_schema(self.schema)
         expressions, _ = split_filters(self.filters, target)

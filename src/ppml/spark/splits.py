@@ -19,6 +19,7 @@ from pyspark.sql.datasource import InputPartition
 from ppml.crypto._streaming import SegmentLayout
 from ppml.crypto.formats import get_format
 from ppml.errors import IntegrityError, NotFoundError
+from ppml.io.azure import AzureStorageSettings
 from ppml.io.files import describe
 from ppml.io.storage import Location, locate
 
@@ -33,21 +34,20 @@ class FileSplit(InputPartition):
         self.url, self.format, self.start, self.end = url, format, start, end
 
 
-def list_files(paths: tuple[str, ...]) -> list[Location]:
-    """Every data file named by ``paths``: files, folders (recursively) and globs.
+def list_files(paths: tuple[str, ...], *, azure: AzureStorageSettings | None = None) -> list[Location]:
+    """Every data file named by ``paths``: files, folders (recursively) and globs, local or URLs.
 
     Names starting with ``.`` or ``_`` (``_SUCCESS``, ``.meta``, temporary folders) are skipped.
+    ``azure`` are the storage settings for Azure URLs (default: this process's environment).
     """
     found: list[Location] = []
     for path in paths:
         if _glob.has_magic(path):
-            base = locate(path)
-            matches = sorted(base.fs.glob(base.path))
-            if not matches:
+            roots = locate(path, azure=azure).glob()
+            if not roots:
                 raise NotFoundError(f"no files match {path}")
-            roots = [Location(base.fs, m, base.fs.unstrip_protocol(m) if not base.is_local else m) for m in matches]
         else:
-            roots = [locate(path)]
+            roots = [locate(path, azure=azure)]
         for root in roots:
             for relative, _ in root.files():
                 found.append(root.child(relative) if relative else root)

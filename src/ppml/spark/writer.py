@@ -1,9 +1,10 @@
 """The write side of the ``ppml`` data source: Arrow batches into encrypted part files, committed atomically.
 
 Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from readers), encrypted as it
-is written; the plaintext never lands on disk. The driver's ``commit`` moves the parts into place, removes
-what an ``overwrite`` replaces only then, and writes ``_SUCCESS``; ``abort`` deletes the temporary parts. A
-failed job therefore leaves the output as it was.
+is written; the plaintext never lands on disk. Only when every task has succeeded does the driver's ``commit``
+remove any old ``_SUCCESS`` and what an ``overwrite`` replaces, move the parts into place (renames locally; on
+object stores such as Azure Blob, server-side copies that each replace one blob atomically, then deletes) and
+write ``_SUCCESS`` last; ``abort`` deletes the temporary parts. A failed job therefore leaves the output as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pyspark.sql.types import StructType
 from ppml.crypto.formats import get_format
 from ppml.crypto.gcm_stream import SEGMENT_PRESETS
 from ppml.errors import ConfigError
-from ppml.io.storage import Location, locate
+from ppml.io.storage import Location, locate, move_files
 from ppml.spark.options import SourceOptions
 
 __all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
@@ -65,9 +66,10 @@ class PpmlWriter(DataSourceArrowWriter):
                               hint="choose one of: " + ", ".join(SEGMENT_PRESETS))
         if get_format(self.format).encrypted:
             options.envelope()  # fail on the driver, before any task, when no data key is configured
+        self._root().require_container()  # likewise for a missing Azure container
 
     def _root(self) -> Location:
-        return locate(self.options.paths[0])
+        return locate(self.options.paths[0], azure=self.options.storage)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> PartCommit:
         context = TaskContext.get()
@@ -115,17 +117,19 @@ class PpmlWriter(DataSourceArrowWriter):
 
     def commit(self, messages: list[PartCommit | None]) -> None:
         root = self._root()
-        fs = root.fs
+        success = root.child(SUCCESS)
+        if success.exists():  # an old marker must not vouch for a folder whose parts are being replaced
+            success.remove()
         produced = {m.final for m in messages if m is not None and m.final}
         if self.overwrite and root.exists():
             for relative, _ in root.files():
                 existing = root.child(relative)
                 if existing.url not in produced:
-                    fs.rm(existing.path)
-        for message in messages:
-            if message is not None and message.staged:
-                staged, final = locate(message.staged), locate(message.final)
-                fs.mv(staged.path, final.path)
+                    existing.remove()
+        # Renames locally; on object stores server-side copies (each part appears whole) then deletes.
+        move_files(root, [(locate(m.staged, azure=self.options.storage).path,
+                           locate(m.final, azure=self.options.storage).path)
+                          for m in messages if m is not None and m.staged])
         fmt = get_format(self.format)
         for name, data in fmt.sidecars(self.options.envelope() if fmt.encrypted else ()).items():
             with root.child(name).open("wb") as handle:
@@ -140,10 +144,10 @@ class PpmlWriter(DataSourceArrowWriter):
     def _cleanup(self, root: Location) -> None:
         temporary = root.child(f"{TEMPORARY}/{self.job_id}")
         if temporary.exists():
-            temporary.fs.rm(temporary.path, recursive=True)
+            temporary.remove(recursive=True)
         parent = root.child(TEMPORARY)
-        if parent.exists() and not parent.fs.ls(parent.path):
-            parent.fs.rm(parent.path, recursive=True)
+        if parent.exists() and not parent.files(include_hidden=True):
+            parent.remove(recursive=True)
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
