@@ -54,6 +54,13 @@ class Report:
     seconds: float = 0.0
     details: list[dict[str, object]] = field(default_factory=list)
 
+    def finish(self, started: float) -> Report:
+        """Fill in the totals from :attr:`details` and the time since ``started`` (``perf_counter``)."""
+        self.files = len(self.details)
+        self.bytes = sum(int(d.get("bytes", 0)) for d in self.details)
+        self.seconds = time.perf_counter() - started
+        return self
+
     def to_json(self) -> dict[str, object]:
         return {"operation": self.operation, "mode": self.mode, "files": self.files, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "details": self.details}
@@ -180,10 +187,7 @@ def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey],
             for name, data in fmt.sidecars(envelope).items():
                 with staging.child(name).open("wb") as handle:
                     handle.write(data)
-    report.files = len(report.details)
-    report.bytes = sum(int(d["bytes"]) for d in report.details)
-    report.seconds = time.perf_counter() - started
-    return report
+    return report.finish(started)
 
 
 _STAGING_MARKERS = (".ppml-partial-", ".ppml-old-")
@@ -223,10 +227,7 @@ def copy(src: str, dst: str, *, force: bool = False, workers: int | None = None,
                 return run
 
             report.details = _run([task(rel) for rel, _ in entries], workers)
-    report.files = len(report.details)
-    report.bytes = sum(int(d["bytes"]) for d in report.details)
-    report.seconds = time.perf_counter() - started
-    return report
+    return report.finish(started)
 
 
 def _strip(relative: str, fmt: FileFormat) -> str:
@@ -257,10 +258,7 @@ def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey 
             return run
 
         report.details = _run([task(rel) for rel, _ in entries], workers)
-    report.files = len(report.details)
-    report.bytes = sum(int(d["bytes"]) for d in report.details)
-    report.seconds = time.perf_counter() - started
-    return report
+    return report.finish(started)
 
 
 def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = None, mode: str | None = None,
@@ -292,10 +290,7 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
         return run
 
     report.details = _run([task(rel, size) for rel, size in source.files()], workers)
-    report.files = len(report.details)
-    report.bytes = sum(int(d["bytes"]) for d in report.details)
-    report.seconds = time.perf_counter() - started
-    return report
+    return report.finish(started)
 
 
 def _same_store(a: Location, b: Location) -> bool:
