@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import operator
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -54,6 +55,7 @@ class PpmlReader(DataSourceReader):
         fmt = get_format(partition.format)
         target = arrow_schema(self.schema)
         expressions, _ = split_filters(self.filters, target)
+        predicate = functools.reduce(operator.and_, expressions) if expressions else None
         with location.open("rb") as raw:
             key = None
             if fmt.encrypted:
@@ -63,8 +65,8 @@ class PpmlReader(DataSourceReader):
                 lines = io.BufferedReader(LineRange(plaintext, partition.start, partition.end), _BLOCK)
                 for batch in self._parse(lines, skip_header=partition.start == 0 and self.options.text.header):
                     batch = _conform(batch, target)
-                    for expression in expressions:
-                        batch = batch.filter(expression)
+                    if predicate is not None:  # one pass over the batch for all pushed filters
+                        batch = batch.filter(predicate)
                     if batch.num_rows:
                         yield batch
 

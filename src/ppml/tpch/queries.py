@@ -308,8 +308,9 @@ def q11(p: _Ctx, partsupp: DataFrame, supplier: DataFrame, nation: DataFrame) ->
     stock = (partsupp.join(suppliers, _c("ps_suppkey") == _c("s_suppkey"))
              .select("ps_partkey", (_c("ps_supplycost") * _c("ps_availqty")).alias("stock_value")))
     per_part = stock.groupBy("ps_partkey").agg(F.sum("stock_value").alias("value"))
-    threshold = per_part.agg((F.sum("value") * F.lit(fraction)).alias("threshold"))
-    return (per_part.crossJoin(threshold)
+    # The threshold as a window over the same rows, so the tables are read once (Spark does not reuse
+    # a Python data source scan between a separate aggregate and a cross join).
+    return (per_part.withColumn("threshold", F.sum("value").over(Window.partitionBy()) * F.lit(fraction))
             .filter(_c("value") > _c("threshold"))
             .select("ps_partkey", "value")
             .orderBy(_c("value").desc()))
