@@ -416,15 +416,17 @@ def render(info: dict, args, legs: list[Leg], memory: list[dict], checks: list[t
            warm: dict[str, str], setup: dict[str, float]) -> str:
     raw = {leg.kind: leg for leg in legs if leg.name.startswith("raw AESGCM.") and "_into" not in leg.name}
     copy = next(leg for leg in legs if leg.name.startswith("plain copy"))
+    starved = min((leg for leg in legs if not leg.name.startswith("CLI")), key=Leg.cpu_use)
+    contention = ("Every in-process leg had a core to itself (CPU use ≥ 90%)." if starved.cpu_use() >= 0.9 else
+                  f"Other work competed for the CPU ({starved.name} got {starved.cpu_use():.0%} of a core): "
+                  "the figures are pessimistic and noisy.")
     lines = [
         f"Machine: {info['nproc']} CPU(s), {info['cpu']} ({info['cpu_flags']}), {info['ram']} RAM, "
         f"Linux {info['kernel']}, Python {info['python']}, cryptography {info['cryptography']} "
         f"({info['openssl']}), {info['date']}",
         "",
-        f"Load average (1, 5, 15 min) at start: {info['loadavg_start']}; at end: {info['loadavg_end']}"
-        + (" — the machine was busy with other work, so the figures are pessimistic and noisy."
-           if max(float(x) for x in (info['loadavg_start'] + " " + info['loadavg_end']).split()[::3])
-           > 0.5 * int(info['nproc'] or 1) else " (quiet machine)."),
+        f"Load average (1, 5, 15 min) at start: {info['loadavg_start']}; at end: {info['loadavg_end']} "
+        "(this benchmark's own I/O adds to it). " + contention,
         "",
         f"File: {args.size_bytes:,} bytes of random data on local disk, segment preset {args.segment}; "
         f"best of {args.repeat} run(s) (median in brackets). Page cache before the timed reads: "
