@@ -46,6 +46,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ppml.crypto._reader import SeekablePlaintext
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
@@ -282,7 +283,7 @@ class BigdlCbcWriter(io.BufferedIOBase):
         self.close()
 
 
-class BigdlCbcReader(io.BufferedIOBase):
+class BigdlCbcReader(SeekablePlaintext):
     """A seekable, read-only binary file object over a BigDL v2 file, yielding only authenticated plaintext.
 
     Opening it reads the whole ciphertext once, in chunks, to check the HMAC (in constant time) and the
@@ -372,29 +373,6 @@ class BigdlCbcReader(io.BufferedIOBase):
     @property
     def chunk_count(self) -> int:
         return self._count
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self.size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
-        self._pos = target
-        return target
 
     def _load(self, index: int) -> bytes:
         if index != self._loaded:

@@ -42,6 +42,7 @@ from ppml.crypto._streaming import (
     new_body_header,
     parse_body_header,
 )
+from ppml.crypto._reader import SeekablePlaintext
 from ppml.crypto.datakey import DATA_KEY_SIZE, DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import CorruptHeaderError, IntegrityError, WrongKeyError
@@ -280,7 +281,7 @@ class EncryptingWriter(io.BufferedIOBase):
         self.close()
 
 
-class DecryptingReader(io.BufferedIOBase):
+class DecryptingReader(SeekablePlaintext):
     """A seekable, read-only binary file object over an ``aes_gcm_stream`` file.
 
     Each segment is authenticated before any of its bytes are returned, so every byte ``read`` gives
@@ -349,29 +350,6 @@ class DecryptingReader(io.BufferedIOBase):
     @property
     def segment_count(self) -> int:
         return self._count
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        elif whence == io.SEEK_END:
-            target = self.size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
-        self._pos = target
-        return target
 
     def _load(self, index: int) -> memoryview | bytes:
         """The authenticated plaintext of segment ``index``, as a view of a reused buffer.
