@@ -46,7 +46,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ppml.crypto._reader import SeekablePlaintext
+from ppml.crypto._reader import SealingWriter, SeekablePlaintext
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
@@ -214,7 +214,7 @@ def decode_meta(data: bytes, *, name: str = META_FILE_NAME) -> str:
     return value
 
 
-class BigdlCbcWriter(io.BufferedIOBase):
+class BigdlCbcWriter(SealingWriter):
     """A binary file object that encrypts what is written to it into ``raw`` as a BigDL v2 file.
 
     The header is written at once; ciphertext is streamed (memory use is one block plus what the caller
@@ -248,9 +248,6 @@ class BigdlCbcWriter(io.BufferedIOBase):
         self._written = 0
         self._aborted = False
 
-    def writable(self) -> bool:
-        return True
-
     def tell(self) -> int:
         return self._written
 
@@ -265,22 +262,14 @@ class BigdlCbcWriter(io.BufferedIOBase):
         self._written += len(view)
         return len(view)
 
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                if not self._aborted:
-                    final = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
-                    self._mac.update(final)
-                    self._raw.write(final + self._mac.digest())
-                    self._raw.flush()
-            finally:
-                self._encryptor = self._padder = self._mac = None
-                super().close()
+    def _seal(self) -> None:
+        final = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
+        self._mac.update(final)
+        self._raw.write(final + self._mac.digest())
+        self._raw.flush()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._aborted = True
-        self.close()
+    def _release(self) -> None:
+        self._encryptor = self._padder = self._mac = None
 
 
 class BigdlCbcReader(SeekablePlaintext):

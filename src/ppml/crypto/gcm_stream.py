@@ -42,7 +42,7 @@ from ppml.crypto._streaming import (
     new_body_header,
     parse_body_header,
 )
-from ppml.crypto._reader import SeekablePlaintext
+from ppml.crypto._reader import SealingWriter, SeekablePlaintext
 from ppml.crypto.datakey import DATA_KEY_SIZE, DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import CorruptHeaderError, IntegrityError, WrongKeyError
@@ -194,7 +194,7 @@ def replace_envelope(raw: BinaryIO, header: StreamHeader, envelope: Sequence[Wra
     return True
 
 
-class EncryptingWriter(io.BufferedIOBase):
+class EncryptingWriter(SealingWriter):
     """A binary file object that encrypts what is written to it into ``raw``.
 
     Memory use is one segment. ``close()`` writes the final segment and flushes ``raw`` but does not
@@ -233,9 +233,6 @@ class EncryptingWriter(io.BufferedIOBase):
         self._index = 0
         self._written = 0
 
-    def writable(self) -> bool:
-        return True
-
     def tell(self) -> int:
         return self._written
 
@@ -265,20 +262,12 @@ class EncryptingWriter(io.BufferedIOBase):
         self._written += size
         return size
 
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                if not getattr(self, "_aborted", False):
-                    self._emit(self._buffer, last=True)
-                    self._raw.flush()
-            finally:
-                self._buffer = bytearray()
-                super().close()
+    def _seal(self) -> None:
+        self._emit(self._buffer, last=True)
+        self._raw.flush()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._aborted = True
-        self.close()
+    def _release(self) -> None:
+        self._buffer = bytearray()
 
 
 class DecryptingReader(SeekablePlaintext):
