@@ -196,3 +196,40 @@ def byte_progress(description: str, total: int) -> Iterator:
     with progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def demo_keys(directory: Path, key_name: str, key_file: Path, say) -> tuple[LocalKms, object, object]:
+    """The demos' key store, primary key and data key in ``directory``, created once and then reused.
+
+    Without ``$PPML_KEYSTORE_PASSWORD`` the demo keeps its own random passphrase in ``keystore.pass``
+    (mode 0600). ``say(text, **facts)`` reports each step. Returns the KMS, the data-key file and the key.
+    """
+    import secrets
+
+    from ppml.keys import secure_files
+    from ppml.keys.datakey_file import DataKeyFile
+
+    passphrase = os.environ.get(PASSWORD_ENV)
+    if not passphrase:
+        pass_file = directory / "keystore.pass"
+        if not pass_file.exists():
+            secure_files.write_private(pass_file, secrets.token_urlsafe(24).encode())
+        passphrase = pass_file.read_text().strip()
+        say(f"No {PASSWORD_ENV} set: using the demo's own random passphrase in {pass_file} (mode 0600). "
+            "Real deployments set their own passphrase.")
+    kms = LocalKms(directory / "keystore.json", passphrase)
+    if kms.exists:
+        say(f"Reusing the key store {kms.path}.")
+    else:
+        kms.create_store()
+        say(f"Created a key store {kms.path}: primary keys encrypted under an Argon2id key from the passphrase.")
+    if key_name not in {k.name for k in kms.list_keys()}:
+        kms.create_key(key_name)
+        say(f"Created primary key local:{key_name} (version 1). It never leaves the key store unencrypted.")
+    if not key_file.exists():
+        key, wrapped = kms.generate_data_key(key_name)
+        DataKeyFile.new(key.key_id, (wrapped,)).save(key_file)
+        say(f"Created a data key and saved only its wrapped form to {key_file.name} (mode 0600).",
+            key_id=key.key_id, wrapped_by=wrapped.reference)
+    record, key = KeyRing([kms]).open_data_key_file(str(key_file))
+    return kms, record, key

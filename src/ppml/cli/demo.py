@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import random
-import secrets
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ppml.cli._common import JsonOpt, emit_json, err
+from ppml.cli._common import JsonOpt, demo_keys, emit_json, err
 from ppml.io import files, rotation
 from ppml.io.storage import locate
-from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.keyring import KeyRing
-from ppml.keys.local import PASSWORD_ENV, LocalKms
-from ppml.keys import secure_files
 
 _NATIONS = ["ALGERIA", "ARGENTINA", "BRAZIL", "CANADA", "EGYPT", "FRANCE", "GERMANY", "INDIA", "JAPAN", "KENYA"]
 
@@ -71,32 +66,8 @@ def demo(
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    passphrase = os.environ.get(PASSWORD_ENV)
-    pass_file = directory / "keystore.pass"
-    if not passphrase:
-        if not pass_file.exists():
-            secure_files.write_private(pass_file, secrets.token_urlsafe(24).encode())
-        passphrase = pass_file.read_text().strip()
-        step(f"No {PASSWORD_ENV} set: using the demo's own random passphrase in {pass_file} (mode 0600). "
-             "Real deployments set their own passphrase.")
-    kms = LocalKms(directory / "keystore.json", passphrase)
-    if kms.exists:
-        step(f"Reusing the key store {kms.path}.")
-    else:
-        kms.create_store()
-        step(f"Created a key store {kms.path}: primary keys encrypted under an Argon2id key from the passphrase.")
-    if "default" not in {k.name for k in kms.list_keys()}:
-        kms.create_key("default")
-        step("Created primary key local:default (version 1). It never leaves the key store unencrypted.")
-
-    key_file = directory / "data-key.json"
-    if not key_file.exists():
-        key, wrapped = kms.generate_data_key("default")
-        DataKeyFile.new(key.key_id, (wrapped,)).save(key_file)
-        step(f"Created a data key and saved only its wrapped form to {key_file.name} (mode 0600).",
-             key_id=key.key_id, wrapped_by=wrapped.reference)
+    kms, record, key = demo_keys(directory, "default", directory / "data-key.json", step)
     ring = KeyRing([kms])
-    record, key = ring.open_data_key_file(str(key_file))
 
     plain = directory / "plain"
     if not (plain / "orders.csv").exists():

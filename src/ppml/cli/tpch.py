@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,14 +17,13 @@ from ppml.cli._common import (
     PassFileOpt,
     PrimaryKeyPlaintextOpt,
     byte_progress,
+    demo_keys,
     emit_json,
     err,
     keyring,
     local_kms,
 )
 from ppml.errors import IntegrityError, UsageError
-from ppml.keys import secure_files
-from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.local import PASSWORD_ENV
 
 app = typer.Typer(help="TPC-H on encrypted data with Spark: generate, encrypt, run, check.", no_args_is_help=True,
@@ -265,8 +263,6 @@ def demo(
 
     **Example**: `ppml tpch demo --scale 1 --dir /data/ppml-demo`
     """
-    from ppml.keys.keyring import KeyRing
-    from ppml.keys.local import LocalKms
     from ppml.tpch.gen import generate
     from ppml.tpch.oracle import Oracle
     from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables, warm_up
@@ -280,27 +276,8 @@ def demo(
     say(f"Generating TPC-H scale {scale:g} into {work / 'plain'} (reused if there)")
     generate(scale, work / "plain")
 
-    pass_file = directory / "keystore.pass"
-    if not os.environ.get(PASSWORD_ENV):
-        if not pass_file.exists():
-            secure_files.write_private(pass_file, secrets.token_urlsafe(24).encode())
-        say(f"Key store passphrase: the demo's own, in {pass_file} (mode 0600); set {PASSWORD_ENV} to choose one")
-    else:
-        pass_file = None
-    passphrase = os.environ.get(PASSWORD_ENV) or pass_file.read_text().strip()
-    kms = LocalKms(directory / "keystore.json", passphrase)
-    if not kms.exists:
-        kms.create_store()
-        say(f"Created key store {kms.path}")
-    if "tpch" not in {k.name for k in kms.list_keys()}:
-        kms.create_key("tpch")
-        say("Created primary key local:tpch")
     key_file = directory / "tpch-data-key.json"
-    if not key_file.exists():
-        key, wrapped = kms.generate_data_key("tpch")
-        DataKeyFile.new(key.key_id, (wrapped,)).save(key_file)
-        say(f"Created data key {key.key_id}, stored wrapped in {key_file.name}")
-    record, key = KeyRing([kms]).open_data_key_file(str(key_file))
+    kms, record, key = demo_keys(directory, "tpch", key_file, lambda text, **facts: say(text))
 
     encrypted = work / "encrypted"
     if not (encrypted / "lineitem.tbl.ppml").exists():
@@ -312,10 +289,11 @@ def demo(
     else:
         say(f"Reusing the encrypted tables in {encrypted}")
 
-    os.environ.setdefault(PASSWORD_ENV, passphrase)  # local Spark workers inherit it
+    # Spark's workers read the passphrase themselves: from the environment they inherit, or the demo's file.
+    pass_file = None if os.environ.get(PASSWORD_ENV) else directory / "keystore.pass"
     spark = _session(master, None, "ppml-tpch-demo")
     try:
-        ctx = _context(spark, data_key=key_file, keystore=kms.path, passphrase_file=None,
+        ctx = _context(spark, data_key=key_file, keystore=kms.path, passphrase_file=pass_file,
                        primary_key_plaintext=None)
         oracle = Oracle(work / "plain")
         started = time.perf_counter()
