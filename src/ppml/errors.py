@@ -33,6 +33,7 @@ __all__ = [
     "WrongKeyError",
     "AlreadyExistsError",
     "ConfigError",
+    "AttestationError",
     "EXIT_CODES",
     "PpmlInsecureWarning",
 ]
@@ -115,6 +116,13 @@ class AlreadyExistsError(PpmlError):
 class ConfigError(PpmlError):
     code = "config"
     exit_code = 7
+
+
+class AttestationError(PpmlError):
+    """Evidence did not verify, or does not satisfy a policy. Exit code 1, as for ``ppml attest verify``."""
+
+    code = "attestation"
+    exit_code = 1
 
 
 EXIT_CODES: dict[int, str] = {

@@ -88,8 +88,9 @@ class KeyRing:
                     raise WrongKeyError(f"{name}: the data key unwrapped from {wrapped.reference} has id "
                                         f"{key.key_id}, but the file names {key_id}",
                                         hint="the data-key file was edited or assembled from two files")
-                with _CACHE_LOCK:
-                    _CACHE[cache_key] = key
+                if backend.cacheable:
+                    with _CACHE_LOCK:
+                        _CACHE[cache_key] = key
                 return key
         if not envelope:
             failures.append("the file carries no wrapped data key")

@@ -64,6 +64,9 @@ class KeyManagementService(ABC):
     """
 
     name: ClassVar[str]
+    #: Whether callers may keep unwrapped keys for the life of the process. Backends whose releases expire
+    #: (the key broker) set ``False`` and cache keys themselves for as long as they are valid.
+    cacheable: ClassVar[bool] = True
 
     def supports(self, wrapped: WrappedKey) -> bool:
         """Whether this backend can try to unwrap ``wrapped``."""
@@ -119,6 +122,8 @@ _KNOWN: dict[str, tuple[str, str | None]] = {
     "SimpleKeyManagementService": ("ppml.keys.bigdl:SimpleKms", None),
     "azure": ("ppml.keys.azure:AzureKeyVaultKms", "azure"),
     "bigdl-azure": ("ppml.keys.azure:BigdlAzureKms", "azure"),
+    "pkcs11": ("ppml.keys.pkcs11:Pkcs11Kms", "hsm"),
+    "broker": ("ppml.keys.broker_client:BrokerKms", "attest"),
 }
 _ALIASES: dict[str, str] = {"simplekms": "SimpleKeyManagementService", "azurekeymanagementservice": "azure"}
 _REGISTERED: dict[str, type[KeyManagementService]] = {}

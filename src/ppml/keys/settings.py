@@ -79,6 +79,11 @@ class KeySettings:
         Each process authenticates with its own ``DefaultAzureCredential``; no token travels.
     bigdl_azure_key_url
         BigDL ``AzureKeyManagementService`` primary key: the Key Vault key URL, or a file holding it.
+    broker_url, broker_ca, broker_attester, broker_attester_settings
+        A key broker (``https://...``, default ``$PPML_BROKER_URL``) that releases data keys to this
+        process after attestation; the CA file that verifies its TLS certificate (``$PPML_BROKER_CA``);
+        the attester that makes this process's evidence (``$PPML_BROKER_ATTESTER``) and its settings as
+        JSON text (``$PPML_BROKER_ATTESTER_SETTINGS``). When set, every wrapped key goes to the broker.
     """
 
     keystore: str | None = None
@@ -90,6 +95,20 @@ class KeySettings:
     azure_vault: str | None = None
     azure_client_id: str | None = None
     bigdl_azure_key_url: str | None = None
+    broker_url: str | None = None
+    broker_ca: str | None = None
+    broker_attester: str | None = None
+    broker_attester_settings: str | None = None
+
+    def broker_kms(self) -> KeyManagementService | None:
+        """The key broker client for ``broker_url`` (or ``$PPML_BROKER_URL``), or ``None`` when neither is set."""
+        url = self.broker_url or os.environ.get("PPML_BROKER_URL")
+        if not url:
+            return None
+        return open_kms("broker", url=url, ca=self.broker_ca or os.environ.get("PPML_BROKER_CA") or None,
+                        attester=self.broker_attester or os.environ.get("PPML_BROKER_ATTESTER", ""),
+                        attester_settings=self.broker_attester_settings
+                        or os.environ.get("PPML_BROKER_ATTESTER_SETTINGS") or None)
 
     def bigdl_backends(self) -> list[KeyManagementService]:
         backends: list[KeyManagementService] = []
@@ -146,5 +165,7 @@ class KeySettings:
         with _RINGS_LOCK:
             ring = _RINGS.get(self)
             if ring is None:
-                ring = _RINGS[self] = KeyRing(self.bigdl_backends(), self._open_backend)
+                broker = self.broker_kms()
+                backends = ([broker] if broker else []) + self.bigdl_backends()
+                ring = _RINGS[self] = KeyRing(backends, self._open_backend)
             return ring

@@ -108,13 +108,19 @@ class PPMLContext:
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
         each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
         then ``DefaultAzureCredential``.
+    broker_url, broker_ca, broker_attester, broker_attester_settings
+        A key broker that releases data keys to the driver and each executor after attestation (see
+        docs/broker.md): its ``https://`` URL, the CA file verifying its certificate, the attester each
+        process proves itself with, and that attester's settings (a dict). No key travels in Spark conf.
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, data_key: str | None = None,
                  keystore: str | None = None, keystore_password_file: str | None = None,
                  primary_key_plaintext: str | None = None, simple_kms_primary_key_file: str | None = None,
                  insecure_allow_simple_kms: bool = False,
-                 azure_storage: AzureStorageSettings | None = None) -> None:
+                 azure_storage: AzureStorageSettings | None = None, broker_url: str | None = None,
+                 broker_ca: str | None = None, broker_attester: str | None = None,
+                 broker_attester_settings: dict | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
@@ -127,6 +133,10 @@ class PPMLContext:
             "primaryKeyPlaintext": primary_key_plaintext,
             "simpleKmsPrimaryKeyFile": simple_kms_primary_key_file,
             "insecureAllowSimpleKms": "true" if insecure_allow_simple_kms else None,
+            "brokerUrl": broker_url,
+            "brokerCa": broker_ca,
+            "brokerAttester": broker_attester,
+            "brokerAttesterSettings": json.dumps(broker_attester_settings) if broker_attester_settings else None,
         }
         if data_key is not None:
             settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())

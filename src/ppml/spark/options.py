@@ -29,6 +29,7 @@ _KNOWN = {
     "columns", "splitsize", "kms", "keystore", "keystorepasswordfile", "datakey", "datakeyjson",
     "primarykeyplaintext", "simplekmsprimarykeyfile", "insecureallowsimplekms", "segment",
     "ignoretrailingdelimiter", "fileschema", "filterpushdown",
+    "brokerurl", "brokerca", "brokerattester", "brokerattestersettings",
     *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
 }
 
@@ -115,6 +116,10 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
         bigdl_primary_key_plaintext=lowered.get("primarykeyplaintext"),
         simple_kms_primary_key_file=lowered.get("simplekmsprimarykeyfile"),
         insecure_allow_simple_kms=_flag(lowered, "insecureallowsimplekms"),
+        broker_url=lowered.get("brokerurl"),
+        broker_ca=lowered.get("brokerca"),
+        broker_attester=lowered.get("brokerattester"),
+        broker_attester_settings=lowered.get("brokerattestersettings"),
     )
     columns = tuple(c.strip() for c in lowered["columns"].split(",") if c.strip()) if lowered.get("columns") else None
     try:

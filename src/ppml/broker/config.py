@@ -1,0 +1,151 @@
+"""The key broker's configuration file (YAML). Relative paths are relative to the file's folder.
+
+::
+
+    listen: {host: 0.0.0.0, port: 8443}
+    tls: {certificate: tls/broker.pem, private_key: tls/broker-key.pem}   # TLS is not optional
+    kms:                                   # where the primary keys are; secrets only as sources
+      - {backend: pkcs11, token: ppml, pin: env:PPML_HSM_PIN}
+      - {backend: local, keystore: keystore.json, passphrase: file:/run/secrets/keystore-pass}
+      - {backend: azure, vault: contoso-kv}
+    verifiers:                             # evidence types the broker verifies, with their settings
+      sgx: {}
+      tdx: {}
+      maa: {jwks: maa-signing-keys.json, issuers: [https://contoso.weu.attest.azure.net]}
+      tpm: {ca_certificates: [ak-ca.pem]}
+    policies: [policies/]                  # policy files or folders of them
+    audit_log: audit/broker.jsonl
+    limits: {max_request_bytes: 262144, requests_per_second: 20, burst: 40, nonce_lifetime: 60s}
+    key_cache: 5m                          # how long unwrapped keys stay in the broker's memory
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ppml.attest.policy import Policy, load_policies, parse_duration
+from ppml.errors import ConfigError, NotFoundError
+
+__all__ = ["BrokerConfig", "Limits", "load_config"]
+
+_TOP = {"listen", "tls", "kms", "verifiers", "policies", "audit_log", "limits", "key_cache", "verification_time"}
+_PATH_SETTINGS = {"keystore", "jwks", "collateral", "ca_certificates", "module", "certificate", "private_key",
+                  "client_ca"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 256 * 1024
+    requests_per_second: float = 20.0
+    burst: int = 40
+    nonce_lifetime: int = 60
+    max_outstanding_nonces: int = 10_000
+    max_concurrency: int = 256
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    source: str
+    host: str
+    port: int
+    certificate: str
+    private_key: str
+    client_ca: str | None
+    kms: tuple[Mapping[str, Any], ...]
+    verifiers: Mapping[str, Mapping[str, Any]]
+    policies: tuple[Policy, ...]
+    audit_log: str
+    limits: Limits = field(default_factory=Limits)
+    key_cache: int = 300
+    verification_time: datetime | None = None
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    text = str(value)
+    return str((base / text).resolve()) if not Path(text).expanduser().is_absolute() else str(Path(text).expanduser())
+
+
+def _paths(settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    return {k: _resolve(v, base) if k in _PATH_SETTINGS and v is not None else v for k, v in settings.items()}
+
+
+def load_config(path: str | Path) -> BrokerConfig:
+    """Read and check a broker configuration file, policies included."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFoundError(f"broker configuration {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"broker configuration {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"broker configuration {path} must be a YAML mapping")
+    unknown = sorted(set(raw) - _TOP)
+    if unknown:
+        raise ConfigError(f"broker configuration {path}: unknown field(s) {', '.join(unknown)}",
+                          hint="allowed: " + ", ".join(sorted(_TOP)))
+    base = path.resolve().parent
+    where = f"broker configuration {path}"
+
+    tls = raw.get("tls") or {}
+    if not tls.get("certificate") or not tls.get("private_key"):
+        raise ConfigError(f"{where}: tls.certificate and tls.private_key are required (the broker only speaks HTTPS)",
+                          hint="for a test set-up: openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+                               "-nodes -keyout broker-key.pem -out broker.pem -subj /CN=localhost "
+                               "-addext subjectAltName=DNS:localhost,IP:127.0.0.1")
+    tls = _paths(tls, base)
+    for name in ("certificate", "private_key", "client_ca"):
+        if tls.get(name) and not Path(tls[name]).is_file():
+            raise NotFoundError(f"{where}: tls.{name} file {tls[name]} does not exist")
+
+    kms = raw.get("kms") or []
+    if not isinstance(kms, list) or not kms or not all(isinstance(k, Mapping) and k.get("backend") for k in kms):
+        raise ConfigError(f"{where}: 'kms' must list at least one backend, e.g. [{{backend: local, keystore: ...}}]")
+    verifiers = raw.get("verifiers") or {}
+    if not isinstance(verifiers, Mapping) or not verifiers:
+        raise ConfigError(f"{where}: 'verifiers' must name the evidence types to accept, e.g. {{sgx: {{}}}}")
+    policy_paths = raw.get("policies") or []
+    if not policy_paths:
+        raise ConfigError(f"{where}: 'policies' must name policy files or folders; without them no key is released")
+    policies = tuple(load_policies([_resolve(p, base) for p in policy_paths]))
+    if not policies:
+        raise ConfigError(f"{where}: no policy files found in {', '.join(map(str, policy_paths))}")
+    if not raw.get("audit_log"):
+        raise ConfigError(f"{where}: 'audit_log' is required: every release decision is recorded")
+
+    limits_raw = dict(raw.get("limits") or {})
+    if "nonce_lifetime" in limits_raw:
+        limits_raw["nonce_lifetime"] = parse_duration(limits_raw["nonce_lifetime"], what=f"{where}: nonce_lifetime")
+    try:
+        limits = Limits(**limits_raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: limits: {exc}", hint="allowed: " + ", ".join(Limits.__dataclass_fields__)) from None
+
+    at = raw.get("verification_time")
+    if at is not None:
+        at = at if isinstance(at, datetime) else datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    listen = raw.get("listen") or {}
+    return BrokerConfig(
+        source=str(path),
+        host=str(listen.get("host", "127.0.0.1")),
+        port=int(listen.get("port", 8443)),
+        certificate=tls["certificate"],
+        private_key=tls["private_key"],
+        client_ca=tls.get("client_ca"),
+        kms=tuple(_paths(k, base) for k in kms),
+        verifiers={str(t): _paths(s or {}, base) for t, s in verifiers.items()},
+        policies=policies,
+        audit_log=_resolve(raw["audit_log"], base),
+        limits=limits,
+        key_cache=parse_duration(raw.get("key_cache", 300), what=f"{where}: key_cache"),
+        verification_time=at,
+    )

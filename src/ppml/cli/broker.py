@@ -1,0 +1,100 @@
+"""``ppml broker``: run the key broker, check policies against evidence, verify the audit log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ppml.cli._common import JsonOpt, err, out
+
+app = typer.Typer(help="The key broker: releases data keys only to attested workloads.", no_args_is_help=True)
+policy_app = typer.Typer(help="Release policies.", no_args_is_help=True)
+audit_app = typer.Typer(help="The broker's hash-chained audit log.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="PPML_BROKER_CONFIG", show_envvar=True,
+                                         help="Broker configuration file (YAML; see docs/broker.md).")]
+
+
+@app.command()
+def serve(config: ConfigOpt) -> None:
+    """Serve key releases over HTTPS until interrupted (Ctrl-C or SIGTERM: in-flight requests finish)."""
+    from ppml.broker.config import load_config
+    from ppml.broker.server import serve as run
+
+    settings = load_config(config)
+    logging.getLogger("ppml").setLevel(min(logging.getLogger("ppml").getEffectiveLevel(), logging.INFO))
+    if "simulated" in settings.verifiers:
+        err.print("[bold red]ppml: warning: SIMULATED ATTESTATION IS ENABLED in this broker: simulated evidence "
+                  "proves nothing. Never use this configuration with real data.[/]")
+    err.print(f"ppml: key broker on https://{settings.host}:{settings.port}; "
+              f"{len(settings.policies)} policies; audit log {settings.audit_log}")
+    head = run(settings)
+    err.print(f"ppml: key broker stopped; audit log head {head} (keep it to detect lines cut off the end: "
+              f"ppml broker audit verify {settings.audit_log} --expect-head {head})")
+
+
+@policy_app.command("check")
+def policy_check(
+    policy: Annotated[Path, typer.Argument(help="Policy file (YAML).")],
+    evidence: Annotated[Path, typer.Argument(help="Evidence: a JSON evidence document, a raw quote or a JWT.")],
+    evidence_type: Annotated[Optional[str], typer.Option("--type", help="sgx, tdx, maa, tpm or simulated, for raw "
+                                                                         "quotes and tokens.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Take verifier settings from this broker "
+                                                                          "configuration.")] = None,
+    collateral: Annotated[Optional[Path], typer.Option("--collateral", help="SGX/TDX collateral (JSON).")] = None,
+    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="MAA signing keys (JWKS).")] = None,
+    issuer: Annotated[Optional[list[str]], typer.Option("--issuer", help="Accepted MAA issuer (repeatable).")] = None,
+    ca: Annotated[Optional[list[Path]], typer.Option("--ca", help="TPM attestation-key CA (repeatable).")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Verify as of this ISO 8601 time [default: now].")] = None,
+) -> None:
+    """Say whether POLICY releases its keys to EVIDENCE, and why (exit 0 allow, 1 deny).
+
+    The binding of the evidence to a request's nonce is checked by the broker per request, not here.
+    """
+    from ppml.attest.evidence import open_verifier
+    from ppml.attest.policy import load_policy
+    from ppml.cli.attest import load_evidence, parse_time, verifier_settings
+    from ppml.errors import AttestationError
+
+    rules = load_policy(policy)
+    loaded = load_evidence(evidence, evidence_type)
+    if config is not None:
+        from ppml.broker.config import load_config
+
+        configured = load_config(config).verifiers
+        if loaded.type not in configured:
+            raise AttestationError(f"the broker configuration {config} does not accept {loaded.type} evidence")
+        settings = dict(configured[loaded.type])
+    else:
+        settings = verifier_settings(loaded.type, collateral=collateral, jwks=jwks, issuer=issuer, ca=ca)
+    when = parse_time(at) if at else datetime.now(timezone.utc)
+    verified = open_verifier(loaded.type, **settings).verify(loaded, at=when)
+    decision = rules.evaluate(verified)
+    out.print_json(json.dumps({**decision.to_json(), "evidence": verified.to_json(), "verified_at": when.isoformat()}))
+    if not decision.allowed:
+        raise AttestationError(f"policy {decision.policy} denies this evidence: {decision.reason}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
+    expect_head: Annotated[Optional[str], typer.Option("--expect-head", help="The hash the log must end with "
+                                                                             "(recorded when the broker stopped).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that no entry of LOG was edited, dropped, inserted or reordered (exit 4 if one was)."""
+    from ppml.broker.audit import verify_audit_log
+
+    report = verify_audit_log(log, expect_head=expect_head)
+    if as_json:
+        out.print_json(json.dumps({"schema": "ppml.cli/1", "log": str(log), "intact": True, **report.to_json()}))
+    else:
+        err.print(f"{log}: intact, {report.entries} entries ({report.allowed} releases allowed, {report.denied} "
+                  f"denied); head {report.head}")

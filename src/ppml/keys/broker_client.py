@@ -1,0 +1,201 @@
+"""KMS backend ``broker``: data keys released by a ppml key broker to this attested process.
+
+The process never holds a primary key. For each wrapped data key it cannot find in its release cache it
+asks the broker for a nonce, makes evidence binding the nonce and a fresh X25519 public key with its
+attester (SGX via Gramine, TDX, a vTPM, or ``simulated`` for development), and opens the data key the
+broker seals to that key (protocol: :mod:`ppml.keys.broker_protocol`, docs/broker.md). Released keys are
+cached in this process's memory until the policy's release lifetime ends, then attested for again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ppml.crypto.datakey import DataKey
+from ppml.crypto.envelope import WrappedKey
+from ppml.errors import ConfigError, KeyAccessError
+from ppml.keys.broker_protocol import (
+    NONCE_PATH,
+    RELEASE_PATH,
+    EphemeralKey,
+    b64,
+    release_info,
+    unb64,
+)
+from ppml.keys.kms import KeyManagementService
+
+__all__ = ["BrokerKms", "release_counters", "clear_releases"]
+
+_EXPIRY_MARGIN = 0.9  # re-attest a little before the broker's lifetime ends
+_MAX_RETRIES = 5
+_RELEASES: dict[tuple[str, str, str, str, bytes], tuple[DataKey, float]] = {}
+_RELEASES_LOCK = threading.Lock()
+_COUNTERS: Counter[str] = Counter()
+
+
+def release_counters() -> dict[str, int]:
+    """This process's counts: ``requests`` to the broker, ``keys`` released, ``cache_hits``."""
+    return dict(_COUNTERS)
+
+
+def clear_releases() -> None:
+    """Forget every key the broker released to this process."""
+    with _RELEASES_LOCK:
+        _RELEASES.clear()
+
+
+class BrokerKms(KeyManagementService):
+    """Unwraps data keys by attested release from a key broker.
+
+    Parameters
+    ----------
+    url
+        The broker, ``https://host:port`` (plain HTTP is refused).
+    attester
+        Name of the attester that makes this process's evidence (``sgx-gramine``, ``tdx``, ``tpm``,
+        ``command``, ``simulated``), and ``attester_settings`` its settings (a mapping or JSON text).
+    ca
+        CA bundle (PEM file) that verifies the broker's TLS certificate; default: the system's.
+    serves
+        The KMS names whose wrapped keys go to the broker (default: all).
+    caller
+        A name recorded in the broker's audit log beside the caller's address (declared, not proven).
+    """
+
+    name = "broker"
+    cacheable = False
+
+    def __init__(self, url: str, *, attester: str = "", attester_settings: Mapping[str, Any] | str | None = None,
+                 ca: str | None = None, serves: Sequence[str] | None = None, caller: str | None = None,
+                 timeout: float = 60.0) -> None:
+        if not url.startswith("https://"):
+            raise ConfigError(f"the key broker URL must start with https:// (got {url!r})",
+                              hint="the broker only speaks TLS; keys must never cross the network in the clear")
+        if not attester:
+            raise ConfigError("the broker key management service needs an attester (how this process proves what "
+                              "it runs)", hint="set brokerAttester / PPML_BROKER_ATTESTER to sgx-gramine, tdx, tpm, "
+                                               "command, or simulated for development")
+        self.url = url.rstrip("/")
+        self.attester_name = attester
+        settings = json.loads(attester_settings) if isinstance(attester_settings, str) else (attester_settings or {})
+        self._attester_settings = dict(settings)
+        self._attester = None
+        self.ca = ca
+        self.serves = tuple(serves) if serves else None
+        self.caller = caller
+        self.timeout = timeout
+        self._client = None
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"BrokerKms(url={self.url!r}, attester={self.attester_name!r})"
+
+    def __reduce__(self):
+        raise TypeError("BrokerKms cannot be pickled: pass its settings and open it where it is used")
+
+    def supports(self, wrapped: WrappedKey) -> bool:
+        return wrapped.kms != self.name and (self.serves is None or wrapped.kms in self.serves)
+
+    def wrap(self, key: DataKey, key_name: str) -> WrappedKey:
+        raise ConfigError("the key broker releases data keys; it does not wrap them",
+                          hint="wrap data keys with the primary key's own KMS, e.g. "
+                               "'ppml keys data-key --kms pkcs11 ...', and read them through the broker")
+
+    def unwrap(self, wrapped: WrappedKey) -> DataKey:
+        cache_key = (self.url, wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(cache_key, threading.Lock())
+        with key_lock:  # one attestation per key even when many tasks of this process ask at once
+            with _RELEASES_LOCK:
+                cached = _RELEASES.get(cache_key)
+            if cached is not None and cached[1] > time.monotonic():
+                _COUNTERS["cache_hits"] += 1
+                return cached[0]
+            key, lifetime = self._release(wrapped)
+            with _RELEASES_LOCK:
+                _RELEASES[cache_key] = (key, time.monotonic() + lifetime * _EXPIRY_MARGIN)
+            return key
+
+    def close(self) -> None:
+        """Close the connection to the broker (released keys stay cached until they expire)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- the protocol ---------------------------------------------------------------------------------
+
+    def _http(self):
+        with self._lock:
+            if self._client is None:
+                import ssl
+
+                import httpx
+
+                verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+                self._client = httpx.Client(base_url=self.url, verify=verify, timeout=self.timeout,
+                                            headers={"User-Agent": "ppml-broker-client"})
+            return self._client
+
+    def _attester_instance(self):
+        with self._lock:
+            if self._attester is None:
+                from ppml.attest.attester import open_attester
+
+                self._attester = open_attester(self.attester_name, **self._attester_settings)
+            return self._attester
+
+    def _post(self, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+        import httpx
+
+        for attempt in range(_MAX_RETRIES + 1):
+            try:
+                response = self._http().post(path, json=body)
+            except httpx.HTTPError as exc:
+                raise KeyAccessError(f"cannot reach the key broker at {self.url}: {exc}",
+                                     hint="check the URL, that the broker is running, and that its TLS certificate "
+                                          "is trusted (brokerCa / PPML_BROKER_CA)") from None
+            if response.status_code in (429, 503) and attempt < _MAX_RETRIES:
+                time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 10.0))
+                continue
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {}
+            if response.status_code != 200:
+                error = payload.get("error", {}) if isinstance(payload, dict) else {}
+                raise KeyAccessError(f"the key broker at {self.url} refused the request ({response.status_code} "
+                                     f"{error.get('code', '')}): {error.get('message', response.reason_phrase)}",
+                                     hint="the broker's audit log records the same reason")
+            return payload
+        raise AssertionError("unreachable")
+
+    def _release(self, wrapped: WrappedKey) -> tuple[DataKey, float]:
+        from ppml.attest.evidence import binding_digest
+
+        reference = wrapped.reference
+        nonce = unb64(self._post(NONCE_PATH, None).get("nonce"), what="the broker's nonce")
+        ephemeral = EphemeralKey()
+        evidence = self._attester_instance().attest(binding_digest(nonce, ephemeral.public_bytes))
+        body = {"nonce": b64(nonce), "public_key": b64(ephemeral.public_bytes), "evidence": evidence.to_json(),
+                "keys": [wrapped.to_json()], **({"caller": self.caller} if self.caller else {})}
+        _COUNTERS["requests"] += 1
+        answers = self._post(RELEASE_PATH, body).get("keys") or [{}]
+        answer = answers[0]
+        if answer.get("status") != "released":
+            raise KeyAccessError(f"the key broker denied {reference}: {answer.get('reason', 'no reason given')}",
+                                 hint="the broker's policy for this key does not accept this workload's evidence")
+        try:
+            sealed = unb64(answer.get("sealed"), what="the sealed key")
+            lifetime = float(answer.get("expires_in", 0))
+        except (ValueError, TypeError):
+            raise KeyAccessError(f"the key broker's answer for {reference} is malformed") from None
+        key = ephemeral.open(sealed, release_info(nonce, wrapped), reference=reference)
+        _COUNTERS["keys"] += 1
+        return key, lifetime

@@ -1,0 +1,100 @@
+"""The key broker's wire protocol, shared by the broker and its client (specified in docs/broker.md).
+
+1. ``POST /v1/nonce`` → ``{"nonce": b64, "expires_in": seconds}``: a fresh, single-use, short-lived nonce.
+2. The caller makes an ephemeral X25519 key pair and evidence whose report data carries
+   ``SHA-256(nonce || public_key)`` (:func:`~ppml.attest.evidence.binding_digest`).
+3. ``POST /v1/keys/release`` with ``{"nonce", "public_key", "evidence", "keys": [wrapped key, ...]}`` →
+   ``{"keys": [{"key": ref, "status": "released", "sealed": b64, "expires_in": s} | {"key": ref,
+   "status": "denied", "reason": ...}]}``. Each released data key is sealed to the ephemeral public key
+   with HPKE (RFC 9180, base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) and an ``info``
+   that names the protocol, the nonce and the digest of the wrapped key it answers, so a sealed key
+   cannot be replayed into another request or swapped for another key's answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ppml.crypto.datakey import DataKey
+from ppml.crypto.envelope import WrappedKey
+from ppml.errors import KeyAccessError
+
+__all__ = [
+    "PROTOCOL",
+    "NONCE_PATH",
+    "RELEASE_PATH",
+    "HEALTH_PATH",
+    "MAX_KEYS_PER_REQUEST",
+    "EphemeralKey",
+    "seal_data_key",
+    "release_info",
+    "b64",
+    "unb64",
+]
+
+PROTOCOL = "ppml-broker/v1"
+NONCE_PATH = "/v1/nonce"
+RELEASE_PATH = "/v1/keys/release"
+HEALTH_PATH = "/v1/health"
+MAX_KEYS_PER_REQUEST = 64
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object, *, what: str) -> bytes:
+    """Decode standard base64 or raise ``ValueError`` naming the field."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+def release_info(nonce: bytes, wrapped: WrappedKey) -> bytes:
+    """HPKE ``info`` for the answer to ``wrapped`` in the request with ``nonce``."""
+    wrapped_digest = hashlib.sha256(f"{wrapped.kms}\0{wrapped.key}\0{wrapped.version}\0".encode()
+                                    + wrapped.wrapped).digest()
+    return PROTOCOL.encode() + b"\0release\0" + nonce + wrapped_digest
+
+
+def seal_data_key(key: DataKey, public_key: bytes, info: bytes) -> bytes:
+    """``key`` encrypted to the caller's X25519 ``public_key`` (HPKE ``enc || ciphertext``)."""
+    return _SUITE.encrypt(key.unsafe_material(), X25519PublicKey.from_public_bytes(public_key), info=info)
+
+
+class EphemeralKey:
+    """A one-request X25519 key pair: the caller's half of the sealed key release. Never stored."""
+
+    __slots__ = ("_private",)
+
+    def __init__(self) -> None:
+        self._private = X25519PrivateKey.generate()
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def open(self, sealed: bytes, info: bytes, *, reference: str) -> DataKey:
+        """The data key sealed to this key pair; a wrong or altered answer raises KeyAccessError."""
+        try:
+            return DataKey(_SUITE.decrypt(sealed, self._private, info=info))
+        except (InvalidTag, ValueError):
+            raise KeyAccessError(f"the key broker's answer for {reference} does not open with this request's key",
+                                 hint="the answer was altered in transit or belongs to another request") from None
+
+    def __repr__(self) -> str:
+        return "EphemeralKey(<redacted>)"
+
+    def __reduce__(self):
+        raise TypeError("EphemeralKey cannot be pickled")

@@ -1,0 +1,261 @@
+"""The key broker end to end: a real ``ppml broker serve`` process (uvicorn, TLS) and the ``broker`` KMS client.
+
+Simulated evidence is enabled here (the broker's configuration names it and a policy accepts it), which is
+what lets these tests reach every policy branch; the real evidence types have their own broker tests.
+Every refusal is checked for its status, its reason in the audit log, and the absence of key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import warnings
+
+import httpx
+import pytest
+from broker_harness import BrokerProcess
+
+from ppml.attest.evidence import binding_digest
+from ppml.crypto.envelope import WrappedKey
+from ppml.errors import ConfigError, KeyAccessError, PpmlInsecureWarning
+from ppml.keys.broker_client import BrokerKms, clear_releases, release_counters
+from ppml.keys.broker_protocol import EphemeralKey, release_info
+from ppml.keys.keyring import KeyRing
+
+MRENCLAVE = "ab" * 32
+POLICIES = [
+    {"name": "dev", "keys": ["local:tpch*"], "release_lifetime": "10m",
+     "allow": [{"type": "simulated", "claims": {"app": "tpch"}}]},
+    {"name": "enclave", "keys": ["local:other"], "release_lifetime": "2s",
+     "allow": [{"type": "simulated", "claims": {"mrenclave": MRENCLAVE}}]},
+]
+APP_CLAIMS = {"app": "tpch"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_simulation():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PpmlInsecureWarning)
+        clear_releases()
+        yield
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    process = BrokerProcess(tmp_path_factory.mktemp("broker"), policies=POLICIES,
+                            limits={"max_request_bytes": 64 * 1024})
+    with process:
+        yield process
+
+
+def _client(broker, claims=APP_CLAIMS) -> BrokerKms:
+    return BrokerKms(broker.url, attester="simulated", attester_settings={"claims": claims},
+                     ca=str(broker.pki.ca_path), caller="pytest")
+
+
+def _nonce(client: httpx.Client) -> bytes:
+    response = client.post("/v1/nonce")
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    return base64.b64decode(response.json()["nonce"])
+
+
+def _request(nonce: bytes, public_key: bytes, wrapped: list[WrappedKey], *, claims=APP_CLAIMS,
+             binding: bytes | None = None) -> dict:
+    report = binding if binding is not None else binding_digest(nonce, public_key)
+    return {"nonce": base64.b64encode(nonce).decode(), "public_key": base64.b64encode(public_key).decode(),
+            "evidence": {"type": "simulated", "report_data": report.hex(), "claims": claims},
+            "keys": [w.to_json() for w in wrapped]}
+
+
+def _last(broker, n=1) -> list[dict]:
+    return broker.audit_entries()[-n:]
+
+
+def _assert_no_key_material(text: str, *keys) -> None:
+    for key in keys:
+        raw = key.unsafe_material()
+        for form in (raw.hex(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+            assert form not in text
+
+
+def test_release_through_the_client_matches_the_key_and_is_audited(broker):
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    client = _client(broker)
+    before = release_counters().get("requests", 0)
+    assert client.unwrap(wrapped) == key
+    assert client.unwrap(wrapped) == key  # cached in this process: no second attestation
+    assert release_counters()["requests"] == before + 1
+    client.close()
+    entry = _last(broker)[0]
+    assert entry["decision"] == "allow" and entry["policy"] == "dev" and entry["key"] == "local:tpch"
+    assert entry["evidence"]["simulated"] is True and entry["caller"]["declared_name"] == "pytest"
+    assert entry["key_id"] == key.key_id
+    _assert_no_key_material(broker.audit_log.read_text() + broker.stderr, key)
+    assert "SIMULATED" in broker.stderr
+
+
+def test_the_answer_is_sealed_to_the_requests_ephemeral_key(broker):
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    ephemeral, other = EphemeralKey(), EphemeralKey()
+    with broker.client() as http:
+        nonce = _nonce(http)
+        response = http.post("/v1/keys/release", json=_request(nonce, ephemeral.public_bytes, [wrapped]))
+    assert response.status_code == 200
+    _assert_no_key_material(response.text, key)
+    sealed = base64.b64decode(response.json()["keys"][0]["sealed"])
+    assert ephemeral.open(sealed, release_info(nonce, wrapped), reference="t") == key
+    with pytest.raises(KeyAccessError, match="does not open"):
+        other.open(sealed, release_info(nonce, wrapped), reference="t")
+    _, second = broker.keystore.generate_data_key("tpch")
+    with pytest.raises(KeyAccessError, match="does not open"):  # the answer cannot be passed off as another key's
+        ephemeral.open(sealed, release_info(nonce, second), reference="t")
+
+
+def test_a_replayed_nonce_is_refused(broker):
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    ephemeral = EphemeralKey()
+    with broker.client() as http:
+        body = _request(_nonce(http), ephemeral.public_bytes, [wrapped])
+        assert http.post("/v1/keys/release", json=body).status_code == 200
+        replay = http.post("/v1/keys/release", json=body)
+    assert replay.status_code == 403 and replay.json()["error"]["code"] == "nonce"
+    entry = _last(broker)[0]
+    assert entry["decision"] == "deny" and "already used" in entry["reason"] and entry["key"] == "local:tpch"
+    _assert_no_key_material(replay.text, key)
+
+
+def test_a_nonce_the_broker_never_issued_is_refused(broker):
+    _, wrapped = broker.keystore.generate_data_key("tpch")
+    with broker.client() as http:
+        response = http.post("/v1/keys/release", json=_request(b"\x01" * 32, EphemeralKey().public_bytes, [wrapped]))
+    assert response.status_code == 403 and response.json()["error"]["code"] == "nonce"
+
+
+def test_evidence_bound_to_another_public_key_is_refused(broker):
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    mine, attackers = EphemeralKey(), EphemeralKey()
+    with broker.client() as http:
+        nonce = _nonce(http)
+        body = _request(nonce, attackers.public_bytes, [wrapped], binding=binding_digest(nonce, mine.public_bytes))
+        response = http.post("/v1/keys/release", json=body)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "attestation"
+    entry = _last(broker)[0]
+    assert entry["decision"] == "deny" and "not bound to this request" in entry["reason"]
+    assert entry["evidence"]["type"] == "simulated" and len(entry["evidence"]["digest"]) == 64
+    _assert_no_key_material(response.text + broker.audit_log.read_text(), key)
+
+
+def test_wrong_measurement_and_debug_are_refused_by_policy(broker):
+    key, wrapped = broker.keystore.generate_data_key("other")
+    with pytest.raises(KeyAccessError, match=r"denied local:other#v1: claim mrenclave is 'cd"):
+        _client(broker, {"mrenclave": "cd" * 32}).unwrap(wrapped)
+    assert "claim mrenclave" in _last(broker)[0]["reason"] and _last(broker)[0]["policy"] == "enclave"
+    with pytest.raises(KeyAccessError, match="debug"):
+        _client(broker, {"mrenclave": MRENCLAVE, "debug": True}).unwrap(wrapped)
+    assert "debug" in _last(broker)[0]["reason"]
+    assert _client(broker, {"mrenclave": MRENCLAVE}).unwrap(wrapped) == key
+    _assert_no_key_material(broker.audit_log.read_text(), key)
+
+
+def test_an_unknown_key_is_refused(broker, tmp_path):
+    from broker_harness import make_keystore
+
+    foreign = make_keystore(tmp_path / "foreign", "secret")
+    key, wrapped = foreign.generate_data_key("secret")
+    with pytest.raises(KeyAccessError, match="no policy governs the key local:secret: unknown key"):
+        _client(broker).unwrap(wrapped)
+    entry = _last(broker)[0]
+    assert entry["decision"] == "deny" and entry["code"] == "unknown-key"
+    forged = WrappedKey("local", "tpch", "1", b"\x00" * 60)  # governed, but not a key of this key store
+    with pytest.raises(KeyAccessError, match="cannot unwrap"):
+        _client(broker).unwrap(forged)
+    assert _last(broker)[0]["code"] == "unwrap"
+    _assert_no_key_material(broker.audit_log.read_text(), key)
+
+
+def test_one_request_answers_each_key_on_its_own(broker):
+    allowed, wrapped_allowed = broker.keystore.generate_data_key("tpch")
+    _, wrapped_denied = broker.keystore.generate_data_key("other")
+    ephemeral = EphemeralKey()
+    with broker.client() as http:
+        nonce = _nonce(http)
+        answers = http.post("/v1/keys/release",
+                            json=_request(nonce, ephemeral.public_bytes, [wrapped_allowed, wrapped_denied])).json()["keys"]
+    assert [a["status"] for a in answers] == ["released", "denied"]
+    sealed = base64.b64decode(answers[0]["sealed"])
+    assert ephemeral.open(sealed, release_info(nonce, wrapped_allowed), reference="t") == allowed
+    assert [e["decision"] for e in _last(broker, 2)] == ["allow", "deny"]
+
+
+def test_an_oversized_request_is_refused_before_parsing(broker):
+    with broker.client() as http:
+        response = http.post("/v1/keys/release", content=b"{" + b" " * (70 * 1024) + b"}",
+                             headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too-large"
+    entry = _last(broker)[0]
+    assert entry["decision"] == "deny" and "exceeds 65536 bytes" in entry["reason"]
+
+
+def test_malformed_requests_are_refused_and_audited(broker):
+    with broker.client() as http:
+        for body in (b"not json", b"[]", json.dumps({"nonce": "!!", "public_key": "", "keys": []}).encode()):
+            response = http.post("/v1/keys/release", content=body)
+            assert response.status_code == 400, body
+    assert all(e["decision"] == "deny" and e["code"] == "malformed" for e in _last(broker, 3))
+
+
+def test_there_is_no_admin_operation_over_http(broker):
+    with broker.client() as http:
+        assert http.get("/v1/health").json()["status"] == "ok"
+        for method, path in (("GET", "/v1/keys"), ("PUT", "/v1/policies/dev"), ("DELETE", "/v1/keys/release"),
+                             ("POST", "/v1/admin/reload"), ("GET", "/v1/keys/release")):
+            assert http.request(method, path).status_code in (404, 405), (method, path)
+
+
+def test_plain_http_is_refused_by_the_client_and_not_served(broker):
+    with pytest.raises(ConfigError, match="https://"):
+        BrokerKms(broker.url.replace("https", "http"), attester="simulated")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(broker.url.replace("https", "http") + "/v1/health", timeout=5)
+
+
+def test_an_untrusted_broker_certificate_is_refused(broker):
+    _, wrapped = broker.keystore.generate_data_key("tpch")
+    client = BrokerKms(broker.url, attester="simulated", attester_settings={"claims": APP_CLAIMS})
+    with pytest.raises(KeyAccessError, match="cannot reach the key broker"):
+        client.unwrap(wrapped)
+
+
+def test_an_expired_release_is_attested_for_again(broker):
+    key, wrapped = broker.keystore.generate_data_key("other")  # policy "enclave": 2 s release lifetime
+    client = _client(broker, {"mrenclave": MRENCLAVE})
+    before = release_counters().get("requests", 0)
+    assert client.unwrap(wrapped) == key and client.unwrap(wrapped) == key
+    assert release_counters()["requests"] == before + 1
+    time.sleep(2.1)
+    assert client.unwrap(wrapped) == key
+    assert release_counters()["requests"] == before + 2
+
+
+def test_key_ring_goes_to_the_broker_and_does_not_outlive_the_release(broker):
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    ring = KeyRing([_client(broker)])
+    assert ring.unwrap([wrapped], name="f") == key
+    clear_releases()
+    before = release_counters()["requests"]
+    assert ring.unwrap([wrapped], name="f") == key  # the ring did not keep it: the broker was asked again
+    assert release_counters()["requests"] == before + 1
+
+
+def test_rate_limit_and_graceful_shutdown(tmp_path):
+    process = BrokerProcess(tmp_path / "b", limits={"requests_per_second": 1, "burst": 3})
+    with process:
+        with process.client() as http:
+            statuses = [http.post("/v1/nonce").status_code for _ in range(6)]
+            assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
+            assert int(http.post("/v1/nonce").headers["retry-after"]) >= 1
+        assert process.stop() == 0
+    entries = process.audit_entries()
+    assert entries[0]["event"] == "start" and entries[-1]["event"] == "stop"
+    assert f"audit log head {entries[-1]['hash']}" in process.stderr
