@@ -1,0 +1,118 @@
+"""Release policies: parsing is strict, evaluation allows exactly what a rule requires and says why not."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ppml.attest.evidence import VerifiedEvidence
+from ppml.attest.policy import load_policies, load_policy, parse_duration
+from ppml.errors import ConfigError
+
+MRENCLAVE, MRSIGNER = "aa" * 32, "bb" * 32
+SGX_POLICY = {
+    "name": "analytics",
+    "keys": ["pkcs11:token/tpch", "local:tpch*"],
+    "release_lifetime": "10m",
+    "allow": [{"type": "sgx", "mrenclave": [MRENCLAVE.upper(), "cc" * 32], "mrsigner": MRSIGNER,
+               "isv_prod_id": 1, "min_isv_svn": 3, "tcb_status": ["UpToDate", "SWHardeningNeeded"]},
+              {"type": "tpm", "pcrs": {"sha256": {0: "11" * 32, 7: "22" * 32}}},
+              {"type": "maa", "issuer": "https://a.attest.azure.net",
+               "claims": {"x-ms-attestation-type": "sevsnpvm", "x-ms-compliance-status": "azure-compliant-cvm"}}],
+}
+
+
+def _write(tmp_path, policy, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+def _sgx(**overrides) -> VerifiedEvidence:
+    claims = {"mrenclave": MRENCLAVE, "mrsigner": MRSIGNER, "isv_prod_id": 1, "isv_svn": 3, "debug": False,
+              "tcb_status": "UpToDate", **overrides}
+    return VerifiedEvidence("sgx", claims, None, "sgx test")
+
+
+@pytest.fixture
+def policy(tmp_path):
+    return load_policy(_write(tmp_path, SGX_POLICY))
+
+
+def test_a_matching_sgx_enclave_is_allowed_with_the_release_lifetime(policy):
+    decision = policy.evaluate(_sgx())
+    assert decision.allowed and decision.lifetime == 600 and decision.policy == "analytics"
+    assert policy.evaluate(_sgx(mrenclave="cc" * 32, tcb_status="SWHardeningNeeded", isv_svn=9)).allowed
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({"mrenclave": "dd" * 32}, "mrenclave is 'dddd"),
+    ({"mrsigner": "ee" * 32}, "mrsigner is"),
+    ({"isv_prod_id": 2}, "isv_prod_id is 2"),
+    ({"isv_svn": 2}, "isv_svn 2 is below the minimum 3"),
+    ({"debug": True}, "debug enclave"),
+    ({"tcb_status": "OutOfDate"}, "TCB status OutOfDate is not accepted"),
+    ({"mrenclave": None}, "mrenclave is missing"),
+])
+def test_each_sgx_requirement_bites(policy, claims, reason):
+    decision = policy.evaluate(_sgx(**claims))
+    assert not decision.allowed and reason in decision.reason
+
+
+def test_debug_is_allowed_only_when_a_rule_says_so(tmp_path):
+    relaxed = {**SGX_POLICY, "allow": [{**SGX_POLICY["allow"][0], "allow_debug": True}]}
+    assert load_policy(_write(tmp_path, relaxed)).evaluate(_sgx(debug=True)).allowed
+
+
+def test_tpm_pcrs_and_maa_claims(policy):
+    pcrs = {"sha256": {"0": "11" * 32, "7": "22" * 32, "8": "33" * 32}}
+    assert policy.evaluate(VerifiedEvidence("tpm", {"pcrs": pcrs}, None, "tpm")).allowed
+    changed = {"sha256": {**pcrs["sha256"], "7": "44" * 32}}
+    denied = policy.evaluate(VerifiedEvidence("tpm", {"pcrs": changed}, None, "tpm"))
+    assert not denied.allowed and "PCR sha256:7" in denied.reason
+    maa = {"issuer": "https://a.attest.azure.net", "x-ms-attestation-type": "sevsnpvm",
+           "x-ms-compliance-status": "azure-compliant-cvm"}
+    assert policy.evaluate(VerifiedEvidence("maa", maa, None, "maa")).allowed
+    wrong_issuer = policy.evaluate(VerifiedEvidence("maa", {**maa, "issuer": "https://evil"}, None, "maa"))
+    assert not wrong_issuer.allowed and "issuer" in wrong_issuer.reason
+
+
+def test_an_evidence_type_no_rule_names_is_refused_simulated_included(policy):
+    decision = policy.evaluate(VerifiedEvidence("simulated", {}, None, "sim", simulated=True))
+    assert not decision.allowed and "does not accept simulated evidence" in decision.reason
+
+
+def test_key_patterns(policy):
+    assert policy.governs("local:tpch") and policy.governs("local:tpch-2024") and policy.governs("pkcs11:token/tpch")
+    assert not policy.governs("local:other") and not policy.governs("azure:tpch")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"allow": [{"type": "sgx", "mrenclav": MRENCLAVE}]}, "unknown field"),
+    ({"allow": [{"type": "sev", "x": 1}]}, "unknown evidence type"),
+    ({"allow": [{"type": "sgx", "tcb_status": ["UpToDate"]}]}, "must require at least one measurement"),
+    ({"allow": []}, "at least one rule"),
+    ({"keys": []}, "'keys' must list"),
+    ({"release_lifetime": "ten minutes"}, "duration"),
+    ({"relase_lifetime": "10m"}, "unknown field"),
+    ({"allow": [{"type": "tpm", "pcrs": {"sha256": ["00"]}}]}, "'pcrs' must map"),
+])
+def test_policy_files_are_strict(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_policy(_write(tmp_path, {**SGX_POLICY, **change}))
+
+
+def test_a_simulated_rule_may_stand_alone_and_duplicate_names_are_refused(tmp_path):
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    _write(folder, {"name": "dev", "keys": ["local:*"], "allow": [{"type": "simulated"}]}, "a.yaml")
+    assert [p.name for p in load_policies([folder])] == ["dev"]
+    _write(folder, {"name": "dev", "keys": ["local:x"], "allow": [{"type": "simulated"}]}, "b.yml")
+    with pytest.raises(ConfigError, match="used by both"):
+        load_policies([folder])
+
+
+def test_durations():
+    assert [parse_duration(v, what="x") for v in (90, "90s", "10m", "2h", "1d")] == [90, 90, 600, 7200, 86400]
+    with pytest.raises(ConfigError):
+        parse_duration(True, what="x")
