@@ -12,7 +12,7 @@ AZURITE := .azurite/node_modules/azurite/package.json
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup system-packages run test bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -25,10 +25,14 @@ $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
 	touch $@
 
+# SoftHSM2, swtpm and tpm2-tools (Debian packages, needs root or sudo) for the HSM and attestation tests.
+system-packages:
+	bash scripts/setup.sh system
+
 run: setup
 	$(VENV)/bin/ppml tpch demo --dir demo
 
-test: setup
+test: setup system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: setup

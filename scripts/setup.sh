@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs ppml with everything its job and tests need, and the
 # Azurite storage emulator (npm) that the Azure storage tests run against.
-#   bash scripts/setup.sh           everything
+#   bash scripts/setup.sh           the virtual environment and Azurite
+#   bash scripts/setup.sh system    the Debian packages the HSM and attestation tests run against (SoftHSM2,
+#                                   swtpm, tpm2-tools; skipped when their commands are there; `make test`)
 #   bash scripts/setup.sh azurite   only Azurite (skipped when the pinned version is already there)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -24,6 +26,38 @@ install_azurite() {
     mkdir -p "$AZURITE_DIR"
     npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --silent --save-exact "azurite@$AZURITE_VERSION"
 }
+
+# command each test needs -> Debian package providing it
+SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools"
+
+install_system_packages() {
+    local entry missing=()
+    for entry in $SYSTEM_PACKAGES; do
+        # one command at a time: `command -v a b` succeeds when any of them is found
+        command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+    done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    local install=(apt-get install -y -qq "${missing[@]}")
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        echo "setup: installing Debian packages with sudo: ${missing[*]}"
+        sudo -n apt-get update -qq
+        sudo -n env DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null
+    else
+        echo "setup: error: the HSM and attestation tests need the Debian packages: ${missing[*]}" >&2
+        echo "setup:        this user is not root and cannot sudo without a password; install them with" >&2
+        echo "setup:        sudo apt-get install ${missing[*]}   and run 'make setup' again" >&2
+        exit 1
+    fi
+}
+
+if [ "${1:-}" = "system" ]; then
+    install_system_packages
+    exit 0
+fi
 
 if [ "${1:-}" = "azurite" ]; then
     install_azurite

@@ -13,6 +13,7 @@ import pickle
 
 import pytest
 from keyvault_server import keyvault, keyvault_session  # noqa: F401  (fixtures for the azure backend)
+from softhsm import softhsm, softhsm_token  # noqa: F401  (fixtures for the pkcs11 backend)
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
@@ -41,7 +42,12 @@ def _azure(tmp_path, request) -> KeyManagementService:
                     retry_backoff_factor=0.01)
 
 
-BACKENDS = {"local": _local, "azure": _azure}
+def _pkcs11(tmp_path, request) -> KeyManagementService:
+    """PKCS#11 on a fresh SoftHSM2 token (tests/softhsm.py); skips when SoftHSM2 is not installed."""
+    return open_kms("pkcs11", **request.getfixturevalue("softhsm_token").settings)
+
+
+BACKENDS = {"local": _local, "azure": _azure, "pkcs11": _pkcs11}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -116,3 +116,42 @@ def test_tpch_on_a_standalone_cluster(cluster, tpch_encrypted, tmp_path):
     executor_dirs = [p for p in cluster["root"].glob("work*/app-*/*") if p.is_dir()]
     assert len({p.parent.parent.name for p in executor_dirs}) == 2
     assert (out / "TIMES.txt").read_text().startswith("Q01\t")
+
+
+def test_tpch_with_keys_only_from_the_key_broker(cluster, tpch_encrypted, tmp_path):
+    """Driver and executors hold no key store: every data key comes from a real broker after (simulated)
+    attestation, sealed to each process's ephemeral key; answers match the oracle; each release is audited."""
+    import json
+
+    from broker_harness import BrokerProcess
+
+    broker = BrokerProcess(
+        tmp_path / "broker",
+        policies=[{"name": "tpch", "keys": ["local:tpch"], "release_lifetime": "10m",
+                   "allow": [{"type": "simulated", "claims": {"app": "tpch-e2e"}}]}],
+        kms=[{"backend": "local", "keystore": str(tpch_encrypted["keystore"]),
+              "passphrase": f"file:{tpch_encrypted['password_file']}"}])
+    out = tmp_path / "out"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPML_")}
+    env.update(HOME=str(home), PPML_BROKER_URL=broker.url, PPML_BROKER_CA=str(broker.pki.ca_path),
+               PPML_BROKER_ATTESTER="simulated", PPML_BROKER_ATTESTER_SETTINGS='{"claims": {"app": "tpch-e2e"}}')
+    with broker:
+        result = subprocess.run(
+            [PPML, "tpch", "run", str(tpch_encrypted["encrypted"]), str(out), "aes_gcm_stream", "aes_gcm_stream",
+             "1", "6", "13", "--check", "--plaintext", str(tpch_encrypted["plain"]),
+             "--data-key", str(tpch_encrypted["data_key"]), "--master", cluster["url"],
+             "--auth-secret-file", str(cluster["secret"]),
+             "--conf", "spark.executor.memory=768m", "--conf", "spark.cores.max=2", "--json"],
+            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    assert [q["query"] for q in report["queries"]] == ["Q01", "Q06", "Q13"]
+    assert all(q["checked"] and not q["mismatches"] for q in report["queries"])
+    releases = [e for e in broker.audit_entries() if e["event"] == "release"]
+    assert releases and all(e["decision"] == "allow" and e["evidence"]["simulated"] for e in releases)
+    callers = {e["caller"]["declared_name"] for e in releases}
+    assert len(callers) >= 2, callers  # the driver and executor processes each attested for themselves
+    assert len(releases) == len(callers)  # one data key: one release per process, not per task or file
+    assert not (home / ".config").exists()  # nobody fell back to a default key store

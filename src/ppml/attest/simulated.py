@@ -84,4 +84,5 @@ class SimulatedAttester(Attester):
         if len(binding) != 32:
             raise ValueError(f"binding must be 32 bytes (binding_digest), not {len(binding)}")
         warnings.warn(_NOTHING, PpmlInsecureWarning, stacklevel=2)
-        return Evidence(self.name, {"report_data": bytes(binding).hex(), "claims": json.loads(json.dumps(self._claims))})
+        claims = json.loads(json.dumps(self._claims))  # a copy per evidence: callers may change theirs
+        return Evidence(self.name, {"report_data": bytes(binding).hex(), "claims": claims})

@@ -174,7 +174,9 @@ def keyring(keystore: Path | None, passphrase_file: Path | None,
     """A key ring with the local key store (opened on first use) and any extra backends.
 
     Envelopes wrapped by Azure Key Vault open through the vault of ``$PPML_AZURE_VAULT`` when it is set.
+    With ``$PPML_BROKER_URL`` set, every wrapped key goes to that key broker first (attested release).
     """
+    from ppml.keys.settings import KeySettings
 
     def open_backend(name: str) -> KeyManagementService | None:
         if name == "local":
@@ -183,7 +185,8 @@ def keyring(keystore: Path | None, passphrase_file: Path | None,
             return azure_kms(None)
         return None
 
-    return KeyRing(extra or [], open_backend)
+    broker = KeySettings().broker_kms()
+    return KeyRing(([broker] if broker else []) + (extra or []), open_backend)
 
 
 @contextlib.contextmanager

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import JsonOpt, err, out
+from ppml.cli._common import JsonOpt, emit_json, err
 
 app = typer.Typer(help="The key broker: releases data keys only to attested workloads.", no_args_is_help=True)
 policy_app = typer.Typer(help="Release policies.", no_args_is_help=True)
@@ -51,6 +49,8 @@ def policy_check(
     collateral: Annotated[Optional[Path], typer.Option("--collateral", help="SGX/TDX collateral (JSON).")] = None,
     jwks: Annotated[Optional[Path], typer.Option("--jwks", help="MAA signing keys (JWKS).")] = None,
     issuer: Annotated[Optional[list[str]], typer.Option("--issuer", help="Accepted MAA issuer (repeatable).")] = None,
+    min_rsa_bits: Annotated[Optional[int], typer.Option("--min-rsa-bits", help="Smallest MAA RSA signing key "
+                                                                                "accepted [default: 2048].")] = None,
     ca: Annotated[Optional[list[Path]], typer.Option("--ca", help="TPM attestation-key CA (repeatable).")] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="Verify as of this ISO 8601 time [default: now].")] = None,
 ) -> None:
@@ -60,11 +60,11 @@ def policy_check(
     """
     from ppml.attest.evidence import open_verifier
     from ppml.attest.policy import load_policy
-    from ppml.cli.attest import load_evidence, parse_time, verifier_settings
+    from ppml.cli.attest import parse_time, read_evidence, verifier_settings
     from ppml.errors import AttestationError
 
     rules = load_policy(policy)
-    loaded = load_evidence(evidence, evidence_type)
+    loaded = read_evidence(evidence, evidence_type)
     if config is not None:
         from ppml.broker.config import load_config
 
@@ -73,11 +73,13 @@ def policy_check(
             raise AttestationError(f"the broker configuration {config} does not accept {loaded.type} evidence")
         settings = dict(configured[loaded.type])
     else:
-        settings = verifier_settings(loaded.type, collateral=collateral, jwks=jwks, issuer=issuer, ca=ca)
-    when = parse_time(at) if at else datetime.now(timezone.utc)
+        settings = verifier_settings(loaded.type, collateral=collateral, jwks=jwks, issuer=issuer,
+                                     min_rsa_bits=min_rsa_bits, ca=ca)
+    when = parse_time(at)
     verified = open_verifier(loaded.type, **settings).verify(loaded, at=when)
     decision = rules.evaluate(verified)
-    out.print_json(json.dumps({**decision.to_json(), "evidence": verified.to_json(), "verified_at": when.isoformat()}))
+    emit_json("broker.policy.check", {**decision.to_json(), "evidence": verified.to_json(),
+                                      "verified_at": when.isoformat()})
     if not decision.allowed:
         raise AttestationError(f"policy {decision.policy} denies this evidence: {decision.reason}")
 
@@ -94,7 +96,7 @@ def audit_verify(
 
     report = verify_audit_log(log, expect_head=expect_head)
     if as_json:
-        out.print_json(json.dumps({"schema": "ppml.cli/1", "log": str(log), "intact": True, **report.to_json()}))
+        emit_json("broker.audit.verify", {"log": str(log), "intact": True, **report.to_json()})
     else:
         err.print(f"{log}: intact, {report.entries} entries ({report.allowed} releases allowed, {report.denied} "
                   f"denied); head {report.head}")

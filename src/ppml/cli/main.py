@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__
-from ppml.cli import azure, broker, data, keys, tpch
+from ppml.cli import attest, azure, broker, data, keys, tpch
 from ppml.cli import cp
 from ppml.cli._common import err
 from ppml.cli.demo import demo
@@ -32,6 +32,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(tpch.app, name="tpch")
 app.add_typer(azure.app, name="azure")
 app.add_typer(broker.app, name="broker")
+app.add_typer(attest.app, name="attest")
 data.register(app)
 cp.register(app)
 app.command()(demo)

@@ -10,6 +10,8 @@ cached in this process's memory until the policy's release lifetime ends, then a
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -64,7 +66,8 @@ class BrokerKms(KeyManagementService):
     serves
         The KMS names whose wrapped keys go to the broker (default: all).
     caller
-        A name recorded in the broker's audit log beside the caller's address (declared, not proven).
+        A name recorded in the broker's audit log beside the caller's address (declared, not proven);
+        default: this host's name and process id.
     """
 
     name = "broker"
@@ -184,7 +187,7 @@ class BrokerKms(KeyManagementService):
         ephemeral = EphemeralKey()
         evidence = self._attester_instance().attest(binding_digest(nonce, ephemeral.public_bytes))
         body = {"nonce": b64(nonce), "public_key": b64(ephemeral.public_bytes), "evidence": evidence.to_json(),
-                "keys": [wrapped.to_json()], **({"caller": self.caller} if self.caller else {})}
+                "keys": [wrapped.to_json()], "caller": self.caller or f"{socket.gethostname()} pid {os.getpid()}"}
         _COUNTERS["requests"] += 1
         answers = self._post(RELEASE_PATH, body).get("keys") or [{}]
         answer = answers[0]

@@ -112,6 +112,8 @@ class PPMLContext:
         A key broker that releases data keys to the driver and each executor after attestation (see
         docs/broker.md): its ``https://`` URL, the CA file verifying its certificate, the attester each
         process proves itself with, and that attester's settings (a dict). No key travels in Spark conf.
+        Default: the driver's ``$PPML_BROKER_URL``, ``$PPML_BROKER_CA``, ``$PPML_BROKER_ATTESTER`` and
+        ``$PPML_BROKER_ATTESTER_SETTINGS`` (JSON), passed on to the executors as options.
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, data_key: str | None = None,
@@ -133,10 +135,11 @@ class PPMLContext:
             "primaryKeyPlaintext": primary_key_plaintext,
             "simpleKmsPrimaryKeyFile": simple_kms_primary_key_file,
             "insecureAllowSimpleKms": "true" if insecure_allow_simple_kms else None,
-            "brokerUrl": broker_url,
-            "brokerCa": broker_ca,
-            "brokerAttester": broker_attester,
-            "brokerAttesterSettings": json.dumps(broker_attester_settings) if broker_attester_settings else None,
+            "brokerUrl": broker_url or os.environ.get("PPML_BROKER_URL"),
+            "brokerCa": broker_ca or os.environ.get("PPML_BROKER_CA"),
+            "brokerAttester": broker_attester or os.environ.get("PPML_BROKER_ATTESTER"),
+            "brokerAttesterSettings": (json.dumps(broker_attester_settings) if broker_attester_settings
+                                       else os.environ.get("PPML_BROKER_ATTESTER_SETTINGS")),
         }
         if data_key is not None:
             settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
