@@ -259,3 +259,26 @@ def test_rate_limit_and_graceful_shutdown(tmp_path):
     entries = process.audit_entries()
     assert entries[0]["event"] == "start" and entries[-1]["event"] == "stop"
     assert f"audit log head {entries[-1]['hash']}" in process.stderr
+
+
+def test_cli_decrypts_with_keys_only_from_the_broker(broker, tmp_path, monkeypatch):
+    from ppml.cli.main import main
+    from ppml.io.files import encrypt
+
+    key, wrapped = broker.keystore.generate_data_key("tpch")
+    (tmp_path / "plain.csv").write_bytes(b"a,b\n1,2\n")
+    encrypt(str(tmp_path / "plain.csv"), str(tmp_path / "enc.csv.ppml"), key=key, envelope=(wrapped,))
+    for name in ("PPML_KEYSTORE", "PPML_KEYSTORE_PASSWORD", "PPML_KEYSTORE_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PPML_BROKER_URL", broker.url)
+    monkeypatch.setenv("PPML_BROKER_CA", str(broker.pki.ca_path))
+    monkeypatch.setenv("PPML_BROKER_ATTESTER", "simulated")
+    monkeypatch.setenv("PPML_BROKER_ATTESTER_SETTINGS", json.dumps({"claims": {"app": "tpch"}}))
+    assert main(["decrypt", str(tmp_path / "enc.csv.ppml"), str(tmp_path / "out.csv")]) == 0
+    assert (tmp_path / "out.csv").read_bytes() == b"a,b\n1,2\n"
+    assert _last(broker)[0]["decision"] == "allow" and _last(broker)[0]["key_id"] == key.key_id
+    monkeypatch.setenv("PPML_BROKER_ATTESTER_SETTINGS", json.dumps({"claims": {"app": "other"}}))
+    clear_releases()
+    assert main(["decrypt", str(tmp_path / "enc.csv.ppml"), str(tmp_path / "out2.csv")]) == 5
+    assert not (tmp_path / "out2.csv").exists() and _last(broker)[0]["decision"] == "deny"

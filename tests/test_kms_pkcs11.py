@@ -222,3 +222,31 @@ def test_round_trip_through_the_key_ring(pkcs11_kms, pkcs11_settings):
     assert KeyRing([copy]).unwrap([wrapped], name="f.ppml", key_id=key.key_id) == key
     with pytest.raises(TypeError, match="callable"):
         pickle.dumps(Pkcs11Kms(pkcs11_settings["token"], pin=lambda: "x"))
+
+
+def test_cli_keys_and_files_with_an_hsm_key(softhsm_token, tmp_path, monkeypatch, capsys):
+    """`--kms pkcs11` through the command line: the token from $PPML_PKCS11_TOKEN, the PIN from $PPML_PKCS11_PIN."""
+    import json
+
+    from ppml.cli.main import main
+
+    clear_cache()
+    monkeypatch.setenv("PPML_PKCS11_TOKEN", softhsm_token.label)
+    monkeypatch.setenv("PPML_PKCS11_PIN", softhsm_token.pin)
+    monkeypatch.setenv("PPML_PKCS11_MODULE", softhsm_token.settings["module"])
+    assert main(["keys", "init", "--kms", "pkcs11", "--key-name", "tpch"]) == 0
+    assert main(["keys", "data-key", "--kms", "pkcs11", "--key-name", "tpch", "--out", str(tmp_path / "dk.json")]) == 0
+    (tmp_path / "a.txt").write_bytes(b"hsm protected\n")
+    assert main(["encrypt", str(tmp_path / "a.txt"), str(tmp_path / "a.ppml"), "--data-key", str(tmp_path / "dk.json")]) == 0
+    clear_cache()
+    assert main(["decrypt", str(tmp_path / "a.ppml"), str(tmp_path / "b.txt")]) == 0
+    assert (tmp_path / "b.txt").read_bytes() == b"hsm protected\n"
+    capsys.readouterr()
+    assert main(["keys", "list", "--kms", "pkcs11", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["token"] == softhsm_token.label and listed["keys"][0]["name"] == "tpch"
+    monkeypatch.delenv("PPML_PKCS11_TOKEN")
+    clear_cache()
+    assert main(["decrypt", str(tmp_path / "a.ppml"), str(tmp_path / "c.txt")]) == 5
+    assert main(["keys", "list", "--kms", "pkcs11"]) == 2
+    assert "PPML_PKCS11_TOKEN" in capsys.readouterr().err

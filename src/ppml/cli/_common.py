@@ -30,6 +30,7 @@ out = Console(highlight=False, soft_wrap=True)
 PASSPHRASE_FILE_ENV = "PPML_KEYSTORE_PASSWORD_FILE"
 PASSPHRASE_SOURCE_ENV = "PPML_KEYSTORE_PASSWORD_SOURCE"
 AZURE_VAULT_ENV = "PPML_AZURE_VAULT"
+PKCS11_TOKEN_ENV = "PPML_PKCS11_TOKEN"
 _AZURE_NAMES = ("azure", "azurekeymanagementservice")
 JSON_SCHEMA = "ppml.cli/1"
 
@@ -48,13 +49,15 @@ PrimaryKeyPlaintextOpt = Annotated[Optional[str], typer.Option(
     help="BigDL plaintext primary key (base64), read from SOURCE: env:VAR, file:PATH or - (stdin). "
          "Never the key itself: command lines are visible to other users.")]
 BigdlKmsOpt = Annotated[Optional[str], typer.Option(
-    "--kms", help="Key management service: local (default) or azure (Key Vault: --vault or $PPML_AZURE_VAULT); "
+    "--kms", help="Key management service: local (default), azure (Key Vault: --vault or $PPML_AZURE_VAULT), "
+                  "pkcs11 (HSM token $PPML_PKCS11_TOKEN); "
                   "BigDL types SimpleKeyManagementService or AzureKeyManagementService with --primary-key-file.")]
 PrimaryKeyFileOpt = Annotated[Optional[Path], typer.Option(
     "--primary-key-file", help="BigDL primary-key file: SimpleKMS (16 digits) or AzureKeyManagementService "
                                "(the Key Vault key URL).")]
 KmsOpt = Annotated[Optional[str], typer.Option(
-    "--kms", help="Key management service: local (the key store, default) or azure (Azure Key Vault, with --vault).")]
+    "--kms", help="Key management service: local (the key store, default), azure (Azure Key Vault, with --vault) "
+                  "or pkcs11 (an HSM token: $PPML_PKCS11_TOKEN, $PPML_PKCS11_PIN).")]
 VaultOpt = Annotated[Optional[str], typer.Option(
     "--vault", metavar="NAME|URL",
     help=f"Azure Key Vault name (kv1) or URL, for --kms azure [default: ${AZURE_VAULT_ENV}].")]
@@ -117,13 +120,27 @@ def azure_kms(vault: str | None, client_id: str | None = None, *, hsm: bool = Fa
     return open_kms("azure", vault=vault, client_id=client_id or None, hsm=hsm)
 
 
+def pkcs11_kms() -> KeyManagementService:
+    """The PKCS#11 token of ``$PPML_PKCS11_TOKEN`` (PIN from ``$PPML_PKCS11_PIN``, library from
+    ``$PPML_PKCS11_MODULE`` or SoftHSM2's)."""
+    token = os.environ.get(PKCS11_TOKEN_ENV)
+    if not token:
+        raise UsageError(f"--kms pkcs11 takes the token label from ${PKCS11_TOKEN_ENV}, which is not set",
+                         hint=f"export {PKCS11_TOKEN_ENV}=LABEL and PPML_PKCS11_PIN=... (the user PIN); "
+                              "PPML_PKCS11_MODULE names the PKCS#11 library if it is not SoftHSM2")
+    return open_kms("pkcs11", token=token)
+
+
 def primary_kms(kms: str | None, vault: str | None, client_id: str | None, keystore: Path | None,
                 passphrase_file: Path | None, *, confirm: bool = False, hsm: bool = False) -> KeyManagementService:
     """The backend that holds primary keys for a command: the local key store, or Azure Key Vault."""
     if is_azure(kms):
         return azure_kms(vault, client_id, hsm=hsm)
+    if kms is not None and kms.lower() == "pkcs11" and not vault and not hsm:
+        return pkcs11_kms()
     if kms is not None and kms.lower() != "local":
-        raise UsageError(f"--kms {kms} does not hold primary keys for this command", hint="use --kms local or azure")
+        raise UsageError(f"--kms {kms} does not hold primary keys for this command",
+                         hint="use --kms local, azure or pkcs11")
     if vault:
         raise UsageError("--vault is for --kms azure", hint="add --kms azure, or drop --vault")
     if hsm:
@@ -154,6 +171,8 @@ def bigdl_backends(primary_key_plaintext: str | None, kms: str | None, primary_k
         else:
             raise UsageError(f"--kms azure here takes the vault from ${AZURE_VAULT_ENV}, which is not set",
                              hint=f"export {AZURE_VAULT_ENV}=NAME (the vault's name or URL)")
+    elif kms and kms.lower() == "pkcs11":
+        backends.append(pkcs11_kms())
     elif kms:
         if kms.lower() not in ("simplekeymanagementservice", "simplekms"):
             raise UsageError(f"--kms {kms} is not a BigDL key type this command reads",
@@ -183,6 +202,8 @@ def keyring(keystore: Path | None, passphrase_file: Path | None,
             return local_kms(keystore, passphrase_file)
         if name == "azure" and os.environ.get(AZURE_VAULT_ENV):
             return azure_kms(None)
+        if name == "pkcs11" and os.environ.get(PKCS11_TOKEN_ENV):
+            return pkcs11_kms()
         return None
 
     broker = KeySettings().broker_kms()

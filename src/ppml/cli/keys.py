@@ -27,6 +27,7 @@ from ppml.cli._common import (
     err,
     is_azure,
     local_kms,
+    pkcs11_kms,
     primary_kms,
 )
 from ppml.errors import ConfigError, UsageError
@@ -67,7 +68,18 @@ def init(
     * `ppml keys init`: key store in ~/.config/ppml, primary key "default"
     * `PPML_KEYSTORE=./ks.json ppml keys init --key-name tpch`
     * `ppml keys init --kms azure --vault kv1 --key-name tpch`
+    * `PPML_PKCS11_TOKEN=ppml PPML_PKCS11_PIN=... ppml keys init --kms pkcs11 --key-name tpch`: a
+      non-extractable AES-256 key in an HSM token
     """
+    if kms_name is not None and kms_name.lower() == "pkcs11" and not vault and not hsm:
+        info = pkcs11_kms().create_key(key_name)
+        if as_json:
+            emit_json("keys.init", {"kms": "pkcs11", "key": info.to_json()})
+            return
+        err.print(f"Created HSM key [bold]pkcs11:{info.name}[/] version v{info.current_version} (AES-256, "
+                  "not extractable).")
+        err.print(f"Next: ppml keys data-key --kms pkcs11 --key-name {key_name} --out data-key.json")
+        return
     if is_azure(kms_name):
         info = azure_kms(vault, client_id, hsm=hsm).create_key(key_name)
         if as_json:
@@ -125,6 +137,10 @@ def data_key(
         if primary_key_plaintext:
             raise UsageError("name one key source: --kms azure or --primary-key-plaintext")
         backend = azure_kms(vault, client_id)
+    elif kms is not None and kms.lower() == "pkcs11":
+        if primary_key_plaintext or primary_key_file or vault:
+            raise UsageError("--kms pkcs11 takes no BigDL options and no --vault")
+        backend = pkcs11_kms()
     else:
         if vault:
             raise UsageError("--vault is for --kms azure")
@@ -196,10 +212,11 @@ def list_keys(
         return
     kms = primary_kms(kms_name, vault, client_id, keystore, None)
     infos = kms.list_keys()
+    where = {"keystore": str(kms.path)} if hasattr(kms, "path") else {"token": str(getattr(kms, "token", ""))}
     if as_json:
-        emit_json("keys.list", {"keystore": str(kms.path), "keys": [i.to_json() for i in infos]})
+        emit_json("keys.list", {**where, "keys": [i.to_json() for i in infos]})
         return
-    err.print(f"Key store {kms.path}:")
+    err.print(f"Key store {kms.path}:" if "keystore" in where else f"PKCS#11 token {where['token']}:")
     for info in infos:
         _show_key(info)
 
