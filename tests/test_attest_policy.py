@@ -96,6 +96,7 @@ def test_key_patterns(policy):
     ({"release_lifetime": "ten minutes"}, "duration"),
     ({"relase_lifetime": "10m"}, "unknown field"),
     ({"allow": [{"type": "tpm", "pcrs": {"sha256": ["00"]}}]}, "'pcrs' must map"),
+    ({"allow": [{"type": "sgx", "mrenclave": MRENCLAVE, "min_isv_svn": "3"}]}, "non-negative integer"),
 ])
 def test_policy_files_are_strict(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):

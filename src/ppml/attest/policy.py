@@ -186,6 +186,9 @@ def _rule(raw: object, *, where: str) -> Rule:
                           hint="allowed: " + ", ".join(sorted((_COMMON_FIELDS | _TYPE_FIELDS[kind]) - {'type'})))
     if not isinstance(raw.get("claims", {}), Mapping):
         raise ConfigError(f"{where}: 'claims' must map claim names to values")
+    for name in ("isv_prod_id", "min_isv_svn"):
+        if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < 0):
+            raise ConfigError(f"{where}: {name} must be a non-negative integer, not {raw[name]!r}")
     pcrs = raw.get("pcrs", {})
     if not isinstance(pcrs, Mapping) or not all(isinstance(v, Mapping) for v in pcrs.values()):
         raise ConfigError(f"{where}: 'pcrs' must map a bank (sha256) to {{index: hex value}}")

@@ -8,6 +8,7 @@ Verification and unwrapping run in worker threads so one slow KMS call does not 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -25,6 +26,7 @@ from ppml.keys.broker_protocol import HEALTH_PATH, NONCE_PATH, PROTOCOL, RELEASE
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("ppml.broker")
 _RATE_AUDIT_INTERVAL = 10.0
 _MAX_CALLER_NAME = 200
 
@@ -127,6 +129,10 @@ def create_app(service: BrokerService) -> Starlette:
             result = await run_in_threadpool(service.release, body, caller)
         except Refusal as refusal:
             return _error(refusal.status, refusal.code, refusal.reason)
+        except Exception:  # never an unaudited answer, never a traceback to the caller
+            log.exception("release request failed")
+            service.refuse(caller_of(request), Refusal(500, "internal", "internal error"))
+            return _error(500, "internal", "internal error; see the broker's log")
         return JSONResponse(result, headers={"Cache-Control": "no-store"})
 
     routes = [

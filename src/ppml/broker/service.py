@@ -164,6 +164,12 @@ class BrokerService:
             refusal = Refusal(403, "attestation", exc.message)
             self.refuse(caller, refusal, evidence=record, keys=references)
             raise refusal from None
+        except Exception as exc:  # a verifier bug must still end in a refusal and an audit entry
+            log.exception("the %s verifier failed on evidence %s", evidence.type, record["digest"])
+            refusal = Refusal(403, "attestation", f"the {evidence.type} evidence could not be verified "
+                                                  f"({type(exc).__name__}); see the broker's log")
+            self.refuse(caller, refusal, evidence=record, keys=references)
+            raise refusal from None
         return verified, record
 
     def _answer(self, wrapped: WrappedKey, reference: str, verified: VerifiedEvidence, record: dict[str, Any],
