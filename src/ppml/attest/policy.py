@@ -41,7 +41,7 @@ from typing import Any
 from ppml.attest.evidence import VerifiedEvidence
 from ppml.errors import ConfigError, NotFoundError
 
-__all__ = ["Policy", "Rule", "Decision", "load_policy", "load_policies", "parse_duration"]
+__all__ = ["Policy", "Rule", "Decision", "load_policy", "load_policies", "parse_duration", "read_yaml"]
 
 DEFAULT_LIFETIME = 15 * 60
 _TCB_DEFAULT = ("UpToDate",)
@@ -220,18 +220,22 @@ def _policy(raw: object, *, source: str) -> Policy:
     return Policy(str(name), tuple(str(k) for k in keys), rules, lifetime, source)
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate one policy file."""
+def read_yaml(path: str | Path, *, what: str) -> Any:
+    """The YAML document in ``path`` (safe loader); ``what`` names the file in errors."""
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NotFoundError(f"policy file {path} does not exist") from None
+        raise NotFoundError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from None
-    return _policy(raw, source=str(path))
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate one policy file."""
+    return _policy(read_yaml(path, what="policy file"), source=str(path))
 
 
 def load_policies(paths: Sequence[str | Path]) -> list[Policy]:

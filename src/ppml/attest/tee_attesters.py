@@ -39,9 +39,14 @@ def _report_data(binding: bytes) -> bytes:
     return bytes(binding) + bytes(REPORT_DATA_SIZE - len(binding))
 
 
-def _collateral(pccs_url: str | None, quote: bytes) -> dict[str, Any] | None:
-    if not pccs_url:
-        return None
+def _quote_evidence(evidence_type: str, quote: bytes, pccs_url: str | None) -> Evidence:
+    """Quote evidence, with the quote's collateral from ``pccs_url`` when one is configured."""
+    collateral = _collateral(pccs_url, quote) if pccs_url else None
+    return Evidence(evidence_type, {"quote": base64.b64encode(quote).decode(),
+                                    **({"collateral": collateral} if collateral else {})})
+
+
+def _collateral(pccs_url: str, quote: bytes) -> dict[str, Any]:
     import dcap_qvl
 
     async def fetch():
@@ -83,9 +88,7 @@ class GramineSgxAttester(Attester):
         except OSError as exc:
             raise AttestationError(f"Gramine refused a quote at {self.device}: {exc.strerror}",
                                    hint="is the enclave built with DCAP remote attestation?") from None
-        collateral = _collateral(self.pccs_url, quote)
-        return Evidence("sgx", {"quote": base64.b64encode(quote).decode(),
-                                **({"collateral": collateral} if collateral else {})})
+        return _quote_evidence("sgx", quote, self.pccs_url)
 
 
 class TdxAttester(Attester):
@@ -125,9 +128,7 @@ class TdxAttester(Attester):
         if provider != "tdx_guest":
             raise AttestationError(f"configfs-tsm at {self.tsm} is served by {provider!r}, not a TDX guest",
                                    hint="on SEV-SNP guests use an MAA or vTPM attester through 'command'")
-        collateral = _collateral(self.pccs_url, quote)
-        return Evidence("tdx", {"quote": base64.b64encode(quote).decode(),
-                                **({"collateral": collateral} if collateral else {})})
+        return _quote_evidence("tdx", quote, self.pccs_url)
 
 
 class CommandAttester(Attester):

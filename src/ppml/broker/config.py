@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ppml.attest.policy import Policy, load_policies, parse_duration
+from ppml.attest.policy import Policy, load_policies, parse_duration, read_yaml
 from ppml.errors import ConfigError, NotFoundError
 
 __all__ = ["BrokerConfig", "Limits", "load_config"]
@@ -77,15 +77,8 @@ def _paths(settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> BrokerConfig:
     """Read and check a broker configuration file, policies included."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFoundError(f"broker configuration {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"broker configuration {path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, what="broker configuration")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"broker configuration {path} must be a YAML mapping")
     unknown = sorted(set(raw) - _TOP)
