@@ -282,3 +282,29 @@ def test_cli_decrypts_with_keys_only_from_the_broker(broker, tmp_path, monkeypat
     clear_releases()
     assert main(["decrypt", str(tmp_path / "enc.csv.ppml"), str(tmp_path / "out2.csv")]) == 5
     assert not (tmp_path / "out2.csv").exists() and _last(broker)[0]["decision"] == "deny"
+
+
+def test_config_paths_are_relative_to_the_file(tmp_path):
+    import yaml
+
+    from ppml.broker.config import load_config
+    from ppml.errors import ConfigError as Config
+
+    folder = tmp_path / "conf"
+    process = BrokerProcess(folder)  # writes TLS files, policies and a key store below folder
+    config = yaml.safe_load(process.config_path.read_text())
+    config["kms"] = [{"backend": "local", "keystore": "keys/keystore.json", "passphrase": "file:keys/passphrase"},
+                     {"backend": "pkcs11", "token": "t", "pin": "env:PIN", "module": "libsofthsm2.so"}]
+    config["tls"] = {"certificate": "tls/server.pem", "private_key": "tls/server.key"}
+    process.config_path.write_text(yaml.safe_dump(config))
+    loaded = load_config(process.config_path)
+    assert loaded.kms[0] == {"backend": "local", "keystore": str(folder / "keys" / "keystore.json"),
+                             "passphrase": f"file:{folder / 'keys' / 'passphrase'}"}
+    assert loaded.kms[1]["module"] == "libsofthsm2.so" and loaded.kms[1]["pin"] == "env:PIN"
+    assert loaded.certificate == str(folder / "tls" / "server.pem")
+    for change, message in (({"tls": {}}, "only speaks HTTPS"), ({"policies": []}, "no key is released"),
+                            ({"audit_log": None}, "audit_log"), ({"limits": {"rate": 1}}, "limits"),
+                            ({"listen_port": 1}, "unknown field")):
+        process.config_path.write_text(yaml.safe_dump({**config, **change}))
+        with pytest.raises(Config, match=message):
+            load_config(process.config_path)

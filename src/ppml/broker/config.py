@@ -1,4 +1,6 @@
-"""The key broker's configuration file (YAML). Relative paths are relative to the file's folder.
+"""The key broker's configuration file (YAML).
+
+Relative paths, ``file:`` secret sources included, are relative to the file's folder.
 
 ::
 
@@ -35,6 +37,7 @@ __all__ = ["BrokerConfig", "Limits", "load_config"]
 _TOP = {"listen", "tls", "kms", "verifiers", "policies", "audit_log", "limits", "key_cache", "verification_time"}
 _PATH_SETTINGS = {"keystore", "jwks", "collateral", "ca_certificates", "module", "certificate", "private_key",
                   "client_ca"}
+_SECRET_SOURCES = {"passphrase", "pin"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,18 @@ def _resolve(value: Any, base: Path) -> Any:
     return str((base / text).resolve()) if not Path(text).expanduser().is_absolute() else str(Path(text).expanduser())
 
 
+def _setting(name: str, value: Any, base: Path) -> Any:
+    if value is None:
+        return value
+    if name in _SECRET_SOURCES and isinstance(value, str) and value.startswith("file:"):
+        return "file:" + _resolve(value[len("file:"):], base)
+    if name == "module" and "/" not in str(value):
+        return value  # a bare library name is found through the system's library search path
+    return _resolve(value, base) if name in _PATH_SETTINGS else value
+
+
 def _paths(settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
-    return {k: _resolve(v, base) if k in _PATH_SETTINGS and v is not None else v for k, v in settings.items()}
+    return {k: _setting(k, v, base) for k, v in settings.items()}
 
 
 def load_config(path: str | Path) -> BrokerConfig:
