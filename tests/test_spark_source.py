@@ -271,3 +271,19 @@ def test_turning_protections_off_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_insecure({}, "local[2]")  # the defaults are secure: no warning
+
+
+def test_key_service_options_reach_executors_as_settings_without_secrets():
+    from ppml.spark.options import parse_options
+
+    options = parse_options({"path": "x", "azureVault": "kv1", "azureClientId": "cid", "brokerUrl": "https://b:8443",
+                             "brokerCa": "/etc/ca.pem", "brokerAttester": "tpm",
+                             "brokerAttesterSettings": '{"ak_handle": "0x81000003"}'})
+    keys = options.keys
+    assert (keys.azure_vault, keys.azure_client_id) == ("kv1", "cid")
+    assert (keys.broker_url, keys.broker_ca, keys.broker_attester) == ("https://b:8443", "/etc/ca.pem", "tpm")
+    broker = keys.broker_kms()
+    assert broker.url == "https://b:8443" and broker.attester_name == "tpm"
+    import pickle
+
+    pickle.loads(pickle.dumps(options))  # what Spark ships to each task

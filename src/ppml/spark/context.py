@@ -108,6 +108,10 @@ class PPMLContext:
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
         each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
         then ``DefaultAzureCredential``.
+    azure_vault, azure_client_id
+        The Azure Key Vault (name or URL) whose keys unwrap data keys, and the client id of the managed or
+        workload identity each process uses for it (default: ``$PPML_AZURE_VAULT`` / ``$AZURE_CLIENT_ID``
+        in each process's environment).
     broker_url, broker_ca, broker_attester, broker_attester_settings
         A key broker that releases data keys to the driver and each executor after attestation (see
         docs/broker.md): its ``https://`` URL, the CA file verifying its certificate, the attester each
@@ -120,7 +124,8 @@ class PPMLContext:
                  keystore: str | None = None, keystore_password_file: str | None = None,
                  primary_key_plaintext: str | None = None, simple_kms_primary_key_file: str | None = None,
                  insecure_allow_simple_kms: bool = False,
-                 azure_storage: AzureStorageSettings | None = None, broker_url: str | None = None,
+                 azure_storage: AzureStorageSettings | None = None, azure_vault: str | None = None,
+                 azure_client_id: str | None = None, broker_url: str | None = None,
                  broker_ca: str | None = None, broker_attester: str | None = None,
                  broker_attester_settings: dict | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
@@ -135,6 +140,8 @@ class PPMLContext:
             "primaryKeyPlaintext": primary_key_plaintext,
             "simpleKmsPrimaryKeyFile": simple_kms_primary_key_file,
             "insecureAllowSimpleKms": "true" if insecure_allow_simple_kms else None,
+            "azureVault": azure_vault,
+            "azureClientId": azure_client_id,
             "brokerUrl": broker_url or os.environ.get("PPML_BROKER_URL"),
             "brokerCa": broker_ca or os.environ.get("PPML_BROKER_CA"),
             "brokerAttester": broker_attester or os.environ.get("PPML_BROKER_ATTESTER"),

@@ -29,7 +29,7 @@ _KNOWN = {
     "columns", "splitsize", "kms", "keystore", "keystorepasswordfile", "datakey", "datakeyjson",
     "primarykeyplaintext", "simplekmsprimarykeyfile", "insecureallowsimplekms", "segment",
     "ignoretrailingdelimiter", "fileschema", "filterpushdown",
-    "brokerurl", "brokerca", "brokerattester", "brokerattestersettings",
+    "brokerurl", "brokerca", "brokerattester", "brokerattestersettings", "azurevault", "azureclientid",
     *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
 }
 
@@ -116,6 +116,8 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
         bigdl_primary_key_plaintext=lowered.get("primarykeyplaintext"),
         simple_kms_primary_key_file=lowered.get("simplekmsprimarykeyfile"),
         insecure_allow_simple_kms=_flag(lowered, "insecureallowsimplekms"),
+        azure_vault=lowered.get("azurevault"),
+        azure_client_id=lowered.get("azureclientid"),
         broker_url=lowered.get("brokerurl"),
         broker_ca=lowered.get("brokerca"),
         broker_attester=lowered.get("brokerattester"),
