@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ppml.attest import Evidence, binding_digest, open_verifier
 from ppml.attest.attester import open_attester
-from ppml.attest.tpm import TpmVerifier, parse_quote, parse_signature
+from ppml.attest.tpm import TpmVerifier
+from ppml.attest.tpm_structures import parse_quote, parse_signature
 from ppml.attest.tpm_attester import TpmAttester
 from ppml.errors import AttestationError, ConfigError
 from swtpm import OTHER_AK_HANDLE, TestCa, create_ak, make_ca, tpm_env  # noqa: F401

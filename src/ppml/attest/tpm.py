@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,200 +45,29 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, b64decode_field
+from ppml.attest.tpm_structures import (
+    HINT_EVIDENCE,
+    PCR_BANKS,
+    PCR_DIGEST_SIZES,
+    TpmQuote,
+    TpmSignature,
+    parse_quote,
+    parse_signature,
+)
 from ppml.errors import AttestationError, ConfigError
 
-__all__ = [
-    "TpmVerifier",
-    "TpmQuote",
-    "TpmSignature",
-    "parse_quote",
-    "parse_signature",
-    "PCR_BANKS",
-    "PCR_DIGEST_SIZES",
-    "TPM_GENERATED_VALUE",
-    "TPM_ST_ATTEST_QUOTE",
-]
+__all__ = ["TpmVerifier"]
 
-TPM_GENERATED_VALUE = 0xFF544347
-TPM_ST_ATTEST_QUOTE = 0x8018
-
-# TPM_ALG_ID values (TPM 2.0 Part 2, table 9) of the hashes used as PCR banks and signature digests.
-PCR_BANKS: dict[int, str] = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
 _BANK_IDS = {name: alg for alg, name in PCR_BANKS.items()}
-PCR_DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _SIGNATURE_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-_SIG_ALGS = {0x0014: "rsassa", 0x0016: "rsapss", 0x0018: "ecdsa"}
 
-# Bounds on what a caller may send; real values are far smaller (a quote is ~150 bytes).
-_MAX_QUOTE = 4096
-_MAX_SIGNATURE = 1024
+# Bounds on what a caller may send; real values are far smaller.
 _MAX_CERTIFICATES = 8
 _MAX_CERTIFICATE_PEM = 16 * 1024
-_MAX_PCR_INDEX = 31
 _MIN_RSA_BITS = 2048
-
-_HINT_EVIDENCE = "send the quote, signature, PCR values and certificates exactly as the TPM attester made them"
-
-
-# -- parsing ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TpmQuote:
-    """A parsed ``TPMS_ATTEST`` of type ``TPM_ST_ATTEST_QUOTE``.
-
-    ``pcr_selection`` lists ``(bank, indices)`` in the quote's order, indices ascending, which is the
-    order in which the TPM concatenated PCR values to compute ``pcr_digest``.
-    """
-
-    qualified_signer: bytes
-    extra_data: bytes
-    clock: int
-    reset_count: int
-    restart_count: int
-    safe: bool
-    firmware_version: int
-    pcr_selection: tuple[tuple[str, tuple[int, ...]], ...]
-    pcr_digest: bytes
-
-
-@dataclass(frozen=True)
-class TpmSignature:
-    """A parsed ``TPMT_SIGNATURE``: ``algorithm`` is ``ecdsa``, ``rsassa`` or ``rsapss``.
-
-    For ECDSA ``value`` is the DER encoding of ``(r, s)`` (what ``cryptography`` verifies); for RSA it
-    is the raw signature.
-    """
-
-    algorithm: str
-    hash: str
-    value: bytes
-
-
-class _Reader:
-    """Big-endian reads that check every length before slicing."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._offset = 0
-        self._what = what
-
-    def take(self, size: int, field: str) -> bytes:
-        if size > len(self._data) - self._offset:
-            raise AttestationError(
-                f"TPM {self._what} is truncated: {field} needs {size} bytes at offset {self._offset}, "
-                f"only {len(self._data) - self._offset} remain", hint=_HINT_EVIDENCE)
-        chunk = self._data[self._offset:self._offset + size]
-        self._offset += size
-        return chunk
-
-    def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def u16(self, field: str) -> int:
-        return struct.unpack(">H", self.take(2, field))[0]
-
-    def u32(self, field: str) -> int:
-        return struct.unpack(">I", self.take(4, field))[0]
-
-    def u64(self, field: str) -> int:
-        return struct.unpack(">Q", self.take(8, field))[0]
-
-    def tpm2b(self, field: str, *, max_size: int) -> bytes:
-        size = self.u16(f"size of {field}")
-        if size > max_size:
-            raise AttestationError(f"TPM {self._what} field {field} claims {size} bytes, more than {max_size}",
-                                   hint=_HINT_EVIDENCE)
-        return self.take(size, field)
-
-    def finish(self) -> None:
-        if self._offset != len(self._data):
-            raise AttestationError(
-                f"TPM {self._what} has {len(self._data) - self._offset} unexpected bytes after its end",
-                hint=_HINT_EVIDENCE)
-
-
-def parse_quote(data: bytes) -> TpmQuote:
-    """Parse a marshalled ``TPMS_ATTEST`` quote (no signature check).
-
-    Raises
-    ------
-    AttestationError
-        If the magic is not ``TPM_GENERATED``, the type is not a quote, a length is out of bounds,
-        the structure is truncated or followed by extra bytes, or a PCR bank is unknown.
-    """
-    if len(data) > _MAX_QUOTE:
-        raise AttestationError(f"TPM quote is {len(data)} bytes, more than {_MAX_QUOTE}", hint=_HINT_EVIDENCE)
-    r = _Reader(data, "quote")
-    magic = r.u32("magic")
-    if magic != TPM_GENERATED_VALUE:
-        raise AttestationError(
-            f"TPM quote has bad magic 0x{magic:08x} (expected 0x{TPM_GENERATED_VALUE:08x}): "
-            "it was not generated by a TPM", hint=_HINT_EVIDENCE)
-    kind = r.u16("type")
-    if kind != TPM_ST_ATTEST_QUOTE:
-        raise AttestationError(
-            f"TPM attestation has the wrong type 0x{kind:04x} (expected a quote, 0x{TPM_ST_ATTEST_QUOTE:04x})",
-            hint="make the evidence with tpm2_quote, not another attestation command")
-    signer = r.tpm2b("qualifiedSigner", max_size=2 + 64)  # TPM2B_NAME: algorithm id + digest
-    extra = r.tpm2b("extraData", max_size=64)  # TPM2B_DATA holds at most sizeof(TPMU_HA)
-    clock, reset_count, restart_count = r.u64("clock"), r.u32("resetCount"), r.u32("restartCount")
-    safe = r.u8("safe")
-    firmware = r.u64("firmwareVersion")
-    count = r.u32("PCR selection count")
-    if count > len(PCR_BANKS):
-        raise AttestationError(f"TPM quote selects {count} PCR banks; at most {len(PCR_BANKS)} exist",
-                               hint=_HINT_EVIDENCE)
-    selection: list[tuple[str, tuple[int, ...]]] = []
-    for _ in range(count):
-        alg = r.u16("PCR bank")
-        if alg not in PCR_BANKS:
-            raise AttestationError(f"TPM quote selects the unsupported PCR bank 0x{alg:04x}",
-                                   hint="quote a sha1, sha256, sha384 or sha512 bank")
-        bank = PCR_BANKS[alg]
-        if any(bank == seen for seen, _ in selection):
-            raise AttestationError(f"TPM quote selects the {bank} bank twice", hint=_HINT_EVIDENCE)
-        size = r.u8(f"size of the {bank} PCR select")
-        if size > (_MAX_PCR_INDEX + 1) // 8:
-            raise AttestationError(f"TPM quote's {bank} PCR select has {size} bytes, more than "
-                                   f"{(_MAX_PCR_INDEX + 1) // 8}", hint=_HINT_EVIDENCE)
-        bitmap = r.take(size, f"{bank} PCR select")
-        indices = tuple(8 * i + bit for i, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1)
-        selection.append((bank, indices))
-    pcr_digest = r.tpm2b("pcrDigest", max_size=64)
-    r.finish()
-    return TpmQuote(signer, extra, clock, reset_count, restart_count, safe != 0, firmware,
-                    tuple(selection), pcr_digest)
-
-
-def parse_signature(data: bytes) -> TpmSignature:
-    """Parse a marshalled ``TPMT_SIGNATURE`` (ECDSA, RSASSA or RSAPSS with SHA-256/384/512)."""
-    if len(data) > _MAX_SIGNATURE:
-        raise AttestationError(f"TPM signature is {len(data)} bytes, more than {_MAX_SIGNATURE}",
-                               hint=_HINT_EVIDENCE)
-    r = _Reader(data, "signature")
-    alg_id = r.u16("sigAlg")
-    if alg_id not in _SIG_ALGS:
-        raise AttestationError(f"TPM signature uses the unsupported algorithm 0x{alg_id:04x}",
-                               hint="sign quotes with an ECDSA, RSASSA or RSAPSS attestation key")
-    hash_id = r.u16("hashAlg")
-    hash_name = PCR_BANKS.get(hash_id)
-    if hash_name not in _SIGNATURE_HASHES:
-        raise AttestationError(f"TPM signature uses the unsupported hash 0x{hash_id:04x}",
-                               hint="sign quotes with SHA-256, SHA-384 or SHA-512")
-    algorithm = _SIG_ALGS[alg_id]
-    if algorithm == "ecdsa":
-        sig_r = r.tpm2b("ECDSA r", max_size=66)
-        sig_s = r.tpm2b("ECDSA s", max_size=66)
-        value = encode_dss_signature(int.from_bytes(sig_r, "big"), int.from_bytes(sig_s, "big"))
-    else:
-        value = r.tpm2b("RSA signature", max_size=512)
-    r.finish()
-    return TpmSignature(algorithm, hash_name, value)
 
 
 # -- certificates --------------------------------------------------------------------------------------------
@@ -386,12 +213,12 @@ def _verify_signature(cert: x509.Certificate, signature: TpmSignature, message: 
 def _supplied_pcrs(value: object, quote: TpmQuote) -> dict[str, dict[str, str]]:
     """The supplied PCR values, checked against the quote's selection, normalised to lowercase hex."""
     if not isinstance(value, Mapping):
-        raise AttestationError("tpm evidence lacks the field 'pcrs' ({bank: {index: hex}})", hint=_HINT_EVIDENCE)
+        raise AttestationError("tpm evidence lacks the field 'pcrs' ({bank: {index: hex}})", hint=HINT_EVIDENCE)
     selected = {bank: indices for bank, indices in quote.pcr_selection if indices}
     if set(value) != set(selected):
         raise AttestationError(
             f"TPM PCR banks supplied ({', '.join(sorted(map(str, value))) or 'none'}) differ from the banks "
-            f"the quote selects ({', '.join(sorted(selected)) or 'none'})", hint=_HINT_EVIDENCE)
+            f"the quote selects ({', '.join(sorted(selected)) or 'none'})", hint=HINT_EVIDENCE)
     result: dict[str, dict[str, str]] = {}
     for bank, indices in selected.items():
         values = value[bank]
@@ -399,7 +226,7 @@ def _supplied_pcrs(value: object, quote: TpmQuote) -> dict[str, dict[str, str]]:
             supplied = sorted(values, key=str) if isinstance(values, Mapping) else "none"
             raise AttestationError(
                 f"TPM PCRs supplied for the {bank} bank ({supplied}) differ from those the quote selects "
-                f"({list(indices)})", hint=_HINT_EVIDENCE)
+                f"({list(indices)})", hint=HINT_EVIDENCE)
         result[bank] = {}
         for i in indices:
             text = values[str(i)]
@@ -409,7 +236,7 @@ def _supplied_pcrs(value: object, quote: TpmQuote) -> dict[str, dict[str, str]]:
                 raw = None
             if raw is None or len(raw) != PCR_DIGEST_SIZES[bank]:
                 raise AttestationError(f"TPM PCR {bank}:{i} is not {PCR_DIGEST_SIZES[bank]} bytes of hex",
-                                       hint=_HINT_EVIDENCE)
+                                       hint=HINT_EVIDENCE)
             result[bank][str(i)] = raw.hex()
     return result
 
@@ -418,7 +245,7 @@ def _b64_field(payload: Mapping[str, Any], name: str) -> bytes:
     try:
         return b64decode_field(payload, name, evidence_type="tpm")
     except AttestationError as exc:
-        raise AttestationError(exc.message, hint=_HINT_EVIDENCE) from None
+        raise AttestationError(exc.message, hint=HINT_EVIDENCE) from None
 
 
 class TpmVerifier(EvidenceVerifier):
@@ -499,10 +326,10 @@ class TpmVerifier(EvidenceVerifier):
     def _certificates(value: object) -> tuple[x509.Certificate, list[x509.Certificate]]:
         if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
             raise AttestationError("tpm evidence lacks the field 'certificates' (a list of PEM strings, "
-                                   "AK certificate first)", hint=_HINT_EVIDENCE)
+                                   "AK certificate first)", hint=HINT_EVIDENCE)
         if len(value) > _MAX_CERTIFICATES or any(len(c) > _MAX_CERTIFICATE_PEM for c in value):
             raise AttestationError(f"tpm evidence has too many or too large certificates (at most "
-                                   f"{_MAX_CERTIFICATES} of {_MAX_CERTIFICATE_PEM} bytes)", hint=_HINT_EVIDENCE)
+                                   f"{_MAX_CERTIFICATES} of {_MAX_CERTIFICATE_PEM} bytes)", hint=HINT_EVIDENCE)
         certs = []
         for i, pem in enumerate(value):
             try:
@@ -510,5 +337,5 @@ class TpmVerifier(EvidenceVerifier):
             except ValueError:
                 role = "the AK certificate" if i == 0 else f"intermediate certificate {i}"
                 raise AttestationError(f"tpm evidence: {role} is not a valid PEM certificate",
-                                       hint=_HINT_EVIDENCE) from None
+                                       hint=HINT_EVIDENCE) from None
         return certs[0], certs[1:]

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ppml.attest.attester import Attester
 from ppml.attest.evidence import Evidence
-from ppml.attest.tpm import PCR_BANKS, PCR_DIGEST_SIZES, parse_quote, parse_signature
+from ppml.attest.tpm_structures import PCR_BANKS, PCR_DIGEST_SIZES, parse_quote, parse_signature
 from ppml.errors import AttestationError, ConfigError
 
 __all__ = ["TpmAttester", "AZURE_AK_HANDLE", "AZURE_AK_CERT_NV_INDEX"]
