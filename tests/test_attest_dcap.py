@@ -115,11 +115,13 @@ def test_collateral_from_the_verifier_setting_path_or_object():
         assert result.claims["tcb_status"] == "UpToDate"
 
 
-def test_evidence_collateral_wins_over_the_setting():
-    # The setting is another platform's collateral; the evidence's own collateral is the right one.
+def test_the_operators_collateral_wins_over_the_evidences():
+    # The setting is collateral issued in 2026 (not valid at the sample time); the caller's own collateral
+    # would verify, but a caller must not choose which (possibly older) Intel-signed set is used.
     verifier = TdxVerifier(collateral=vector("tdx_quote_outdated_collateral.json"))
-    result = verifier.verify(evidence(*TDX), at=DCAP_SAMPLE_TIME)
-    assert result.claims["tcb_status"] == "UpToDate"
+    with pytest.raises(AttestationError):
+        verifier.verify(evidence(*TDX), at=DCAP_SAMPLE_TIME)
+    assert TdxVerifier().verify(evidence(*TDX), at=DCAP_SAMPLE_TIME).claims["tcb_status"] == "UpToDate"
 
 
 def test_no_collateral_anywhere_is_refused():

@@ -277,6 +277,13 @@ def test_debug_claim(rsa_key, verifier):
     assert result.claims["debug"] is True and result.warnings
     with pytest.raises(AttestationError, match="not true or false"):
         verifier.verify(maa(sign(rsa_key, sgx_claims(**{"x-ms-sgx-is-debuggable": "false"}))), at=NOW)
+    # Azure confidential VMs nest the flag; a token without any flag says nothing (policies then refuse it).
+    cvm = sgx_claims(**{"x-ms-isolation-tee": {"x-ms-sevsnpvm-is-debuggable": True}})
+    del cvm["x-ms-sgx-is-debuggable"]
+    assert verifier.verify(maa(sign(rsa_key, cvm)), at=NOW).claims["debug"] is True
+    silent = sgx_claims()
+    del silent["x-ms-sgx-is-debuggable"]
+    assert verifier.verify(maa(sign(rsa_key, silent)), at=NOW).claims["debug"] is None
 
 
 def test_binding_through_enclave_held_data(rsa_key, verifier):

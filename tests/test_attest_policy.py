@@ -51,7 +51,7 @@ def test_a_matching_sgx_enclave_is_allowed_with_the_release_lifetime(policy):
     ({"isv_prod_id": 2}, "isv_prod_id is 2"),
     ({"isv_svn": 2}, "isv_svn 2 is below the minimum 3"),
     ({"debug": True}, "debug enclave"),
-    ({"tcb_status": "OutOfDate"}, "TCB status OutOfDate is not accepted"),
+    ({"tcb_status": "OutOfDate"}, "TCB status is 'OutOfDate', expected one of 'UpToDate', 'SWHardeningNeeded'"),
     ({"mrenclave": None}, "mrenclave is missing"),
 ])
 def test_each_sgx_requirement_bites(policy, claims, reason):
@@ -70,8 +70,8 @@ def test_tpm_pcrs_and_maa_claims(policy):
     changed = {"sha256": {**pcrs["sha256"], "7": "44" * 32}}
     denied = policy.evaluate(VerifiedEvidence("tpm", {"pcrs": changed}, None, "tpm"))
     assert not denied.allowed and "PCR sha256:7" in denied.reason
-    maa = {"issuer": "https://a.attest.azure.net", "x-ms-attestation-type": "sevsnpvm",
-           "x-ms-compliance-status": "azure-compliant-cvm"}
+    maa = {"issuer": "https://a.attest.azure.net/", "x-ms-attestation-type": "sevsnpvm",
+           "x-ms-compliance-status": "azure-compliant-cvm", "debug": False}
     assert policy.evaluate(VerifiedEvidence("maa", maa, None, "maa")).allowed
     wrong_issuer = policy.evaluate(VerifiedEvidence("maa", {**maa, "issuer": "https://evil"}, None, "maa"))
     assert not wrong_issuer.allowed and "issuer" in wrong_issuer.reason
@@ -90,7 +90,17 @@ def test_key_patterns(policy):
 @pytest.mark.parametrize(("change", "message"), [
     ({"allow": [{"type": "sgx", "mrenclav": MRENCLAVE}]}, "unknown field"),
     ({"allow": [{"type": "sev", "x": 1}]}, "unknown evidence type"),
-    ({"allow": [{"type": "sgx", "tcb_status": ["UpToDate"]}]}, "must require at least one measurement"),
+    ({"allow": [{"type": "sgx", "tcb_status": ["UpToDate"]}]}, "must require mrenclave or mrsigner"),
+    ({"allow": [{"type": "sgx", "isv_prod_id": 0, "min_isv_svn": 0}]}, "must require mrenclave or mrsigner"),
+    ({"allow": [{"type": "maa", "issuer": "https://a", "claims": {}}]}, "must require claims"),
+    ({"allow": [{"type": "tpm", "pcrs": {}}]}, "must require pcrs"),
+    ({"allow": [{"type": "tpm", "pcrs": {"sha256": {}}}]}, "must require pcrs"),
+    ({"allow": [{"type": "tpm", "pcrs": {"sha256": {7: None}}}]}, "PCR sha256:7: must be text"),
+    ({"allow": [{"type": "maa", "claims": {"x-ms-sgx-mrenclave": None}}]}, "must be text, a number"),
+    ({"allow": [{"type": "maa", "claims": {"x": []}}]}, "non-empty list"),
+    ({"allow": [{"type": "maa", "claims": {"x": {"nested": 1}}}]}, "must be text, a number"),
+    ({"allow": [{"type": "sgx", "mrenclave": ""}]}, "must be text"),
+    ({"allow": [{"type": "sgx", "mrenclave": MRENCLAVE, "allow_debug": "false"}]}, "allow_debug must be true or false"),
     ({"allow": []}, "at least one rule"),
     ({"keys": []}, "'keys' must list"),
     ({"release_lifetime": "ten minutes"}, "duration"),
@@ -117,3 +127,30 @@ def test_durations():
     assert [parse_duration(v, what="x") for v in (90, "90s", "10m", "2h", "1d")] == [90, 90, 600, 7200, 86400]
     with pytest.raises(ConfigError):
         parse_duration(True, what="x")
+
+
+def test_evidence_that_does_not_say_it_is_not_debuggable_counts_as_debuggable(policy):
+    maa = {"issuer": "https://a.attest.azure.net", "x-ms-attestation-type": "sevsnpvm",
+           "x-ms-compliance-status": "azure-compliant-cvm"}
+    decision = policy.evaluate(VerifiedEvidence("maa", maa, None, "maa"))
+    assert not decision.allowed and "does not say whether the TEE is debuggable" in decision.reason
+    assert not policy.evaluate(_sgx(debug=None)).allowed
+
+
+def test_values_match_with_their_type_and_nested_claims_by_path(tmp_path):
+    policy = load_policy(_write(tmp_path, {"name": "p", "keys": ["x:*"], "allow": [
+        {"type": "maa", "claims": {"x-ms-isolation-tee.x-ms-attestation-type": "sevsnpvm", "level": 1,
+                                   "x-ms-compliance-status": "azure-compliant-cvm"}}]}))
+    claims = {"x-ms-isolation-tee": {"x-ms-attestation-type": "sevsnpvm"}, "level": 1, "debug": False,
+              "x-ms-compliance-status": "azure-compliant-cvm"}
+    assert policy.evaluate(VerifiedEvidence("maa", claims, None, "maa")).allowed
+    assert not policy.evaluate(VerifiedEvidence("maa", {**claims, "level": True}, None, "maa")).allowed
+    wrong_case = {**claims, "x-ms-compliance-status": "AZURE-COMPLIANT-CVM"}  # only hex and URLs fold case
+    assert not policy.evaluate(VerifiedEvidence("maa", wrong_case, None, "maa")).allowed
+    nested = {**claims, "x-ms-isolation-tee": {"x-ms-attestation-type": "sgx"}}
+    assert "x-ms-isolation-tee.x-ms-attestation-type is 'sgx'" in policy.evaluate(
+        VerifiedEvidence("maa", nested, None, "maa")).reason
+
+
+def test_key_patterns_ignore_case(policy):
+    assert policy.governs("LOCAL:TPCH") and policy.governs("pkcs11:TOKEN/tpch")

@@ -388,3 +388,14 @@ def test_parse_fixed_signature_and_verify_offline():
 def test_parser_bounds(data, pattern):
     with pytest.raises(AttestationError, match=pattern):
         parse_quote(data)
+
+
+def test_ca_path_length_is_enforced(tpm_env, quoted, tmp_path):
+    # The real intermediate may not have CAs below it (path length 0): a CA it issued cannot certify AKs.
+    sub_key = ec.generate_private_key(ec.SECP256R1())
+    sub_cert = tpm_env.intermediate.issue(sub_key.public_key(), "ppml test sub CA", ca=True)
+    sub = TestCa(sub_key, sub_cert, tmp_path / "sub.pem")
+    cert = sub.issue(tpm_env.ak_public_key, "ppml-test-vm")
+    pems = [cert.public_bytes(serialization.Encoding.PEM).decode(),
+            sub_cert.public_bytes(serialization.Encoding.PEM).decode(), tpm_env.intermediate.path.read_text()]
+    fails(tpm_env.verifier(), changed(quoted.evidence, certificates=pems), r"allows 0 .*CA")

@@ -587,3 +587,12 @@ def test_cli_bigdl_azure_key_files(keyvault, azure_identity_env, tmp_path, monke
     assert (tmp_path / "for-bigdl" / "t.csv.cbc").exists() and (tmp_path / "for-bigdl" / ".meta").exists()
     cli.run("decrypt", "for-bigdl", "back", *bigdl)
     assert (tmp_path / "back" / "t.csv").read_bytes() == (tmp_path / "plain" / "t.csv").read_bytes()
+
+
+def test_every_spelling_of_a_key_url_has_one_canonical_form():
+    """The key broker matches policies against this form, so no spelling can slip past a policy."""
+    kms = AzureKeyVaultKms("https://kv1.vault.azure.net", credential=object())
+    for spelling in (" https://KV1.vault.azure.net//keys/TPCH/ ", "https://kv1.vault.azure.net/keys/Tpch",
+                     "https://kv1.VAULT.azure.net/keys/tpch/"):
+        assert kms.canonical_key(spelling) == "https://kv1.vault.azure.net/keys/tpch"
+    assert kms.canonical_key("not a url") == "not a url"

@@ -121,7 +121,7 @@ def test_a_replayed_nonce_is_refused(broker):
         replay = http.post("/v1/keys/release", json=body)
     assert replay.status_code == 403 and replay.json()["error"]["code"] == "nonce"
     entry = _last(broker)[0]
-    assert entry["decision"] == "deny" and "already used" in entry["reason"] and entry["key"] == "local:tpch"
+    assert entry["decision"] == "deny" and "already used" in entry["reason"] and entry["keys"] == ["local:tpch"]
     _assert_no_key_material(replay.text, key)
 
 
@@ -148,7 +148,7 @@ def test_evidence_bound_to_another_public_key_is_refused(broker):
 
 def test_wrong_measurement_and_debug_are_refused_by_policy(broker):
     key, wrapped = broker.keystore.generate_data_key("other")
-    with pytest.raises(KeyAccessError, match=r"denied local:other#v1: claim mrenclave is 'cd"):
+    with pytest.raises(KeyAccessError, match=r"denied local:other#v1: policy enclave: claim mrenclave is 'cd"):
         _client(broker, {"mrenclave": "cd" * 32}).unwrap(wrapped)
     assert "claim mrenclave" in _last(broker)[0]["reason"] and _last(broker)[0]["policy"] == "enclave"
     with pytest.raises(KeyAccessError, match="debug"):
@@ -304,7 +304,67 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     assert loaded.certificate == str(folder / "tls" / "server.pem")
     for change, message in (({"tls": {}}, "only speaks HTTPS"), ({"policies": []}, "no key is released"),
                             ({"audit_log": None}, "audit_log"), ({"limits": {"rate": 1}}, "limits"),
+                            ({"limits": {"requests_per_second": 0}}, "must be a positive number"),
                             ({"listen_port": 1}, "unknown field")):
         process.config_path.write_text(yaml.safe_dump({**config, **change}))
         with pytest.raises(Config, match=message):
             load_config(process.config_path)
+
+
+def test_report_data_must_be_exactly_the_binding_then_zeros(broker):
+    _, wrapped = broker.keystore.generate_data_key("tpch")
+    ephemeral = EphemeralKey()
+    with broker.client() as http:
+        nonce = _nonce(http)
+        padded = binding_digest(nonce, ephemeral.public_bytes) + b"\x01" + bytes(31)
+        response = http.post("/v1/keys/release", json=_request(nonce, ephemeral.public_bytes, [wrapped], binding=padded))
+    assert response.status_code == 403 and "not bound to this request" in response.json()["error"]["message"]
+
+
+def test_a_low_order_public_key_is_refused_before_anything_is_released(broker):
+    _, wrapped = broker.keystore.generate_data_key("tpch")
+    with broker.client() as http:
+        nonce = _nonce(http)
+        response = http.post("/v1/keys/release", json=_request(nonce, bytes(32), [wrapped]))
+    assert response.status_code == 400 and "low-order point" in response.json()["error"]["message"]
+    assert _last(broker)[0]["decision"] == "deny" and _last(broker)[0]["code"] == "malformed"
+
+
+def test_the_broker_cache_makes_kms_calls_follow_distinct_keys(broker):
+    def kms_unwraps() -> int:
+        with broker.client() as http:
+            return http.get("/v1/health").json()["counters"].get("kms_unwraps", 0)
+
+    _, wrapped = broker.keystore.generate_data_key("tpch")
+    before = kms_unwraps()
+    for _ in range(3):
+        clear_releases()
+        _client(broker).unwrap(wrapped)
+    assert kms_unwraps() == before + 1
+
+
+def test_overlapping_policies_must_all_allow_and_nonces_expire(tmp_path):
+    """A broad policy cannot override a strict one; a nonce used after its lifetime is refused; with
+    key_cache 0 every release asks the KMS."""
+    policies = [{"name": "broad", "keys": ["local:*"], "allow": [{"type": "simulated"}]},
+                {"name": "strict", "keys": ["LOCAL:TPCH"], "release_lifetime": "1m",
+                 "allow": [{"type": "simulated", "claims": {"app": "tpch", "stage": "prod"}}]}]
+    process = BrokerProcess(tmp_path / "b", policies=policies, limits={"nonce_lifetime": 1}, extra={"key_cache": 0})
+    with process:
+        key, wrapped = process.keystore.generate_data_key("tpch")
+        with pytest.raises(KeyAccessError, match="policy strict: claim stage is missing"):
+            _client(process, {"app": "tpch"}).unwrap(wrapped)
+        client = _client(process, {"app": "tpch", "stage": "prod"})
+        assert client.unwrap(wrapped) == key
+        entry = _last(process)[0]
+        assert entry["policy"] == "broad, strict" and entry["lifetime"] == 60
+        clear_releases()
+        assert client.unwrap(wrapped) == key
+        ephemeral = EphemeralKey()
+        with process.client() as http:
+            nonce = _nonce(http)
+            time.sleep(2.1)
+            late = http.post("/v1/keys/release", json=_request(nonce, ephemeral.public_bytes, [wrapped],
+                                                               claims={"app": "tpch", "stage": "prod"}))
+            assert late.status_code == 403 and late.json()["error"]["code"] == "nonce"
+            assert http.get("/v1/health").json()["counters"]["kms_unwraps"] == 2

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ppml.broker.audit import AuditLog, verify_audit_log
 from ppml.cli.main import main
-from ppml.errors import IntegrityError
+from ppml.errors import ConfigError, IntegrityError
 
 
 def _log(path, count: int) -> AuditLog:
@@ -35,6 +35,9 @@ def test_reopening_continues_the_chain_and_refuses_a_broken_log(tmp_path):
     log = AuditLog(path, fsync=False)
     log.append("release", decision="allow")
     assert verify_audit_log(path).entries == 4
+    with pytest.raises(ConfigError, match="in use by another process"):
+        AuditLog(path)  # a second writer would fork the chain
+    log.close()
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
     with pytest.raises(IntegrityError, match="line 2"):
@@ -79,7 +82,7 @@ def test_rehashing_an_edited_line_still_breaks_the_chain(tmp_path):
     entry["decision"] = "allow"
     body = {k: v for k, v in entry.items() if k != "hash"}
     entry["hash"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    lines[0] = json.dumps(entry)
+    lines[0] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
     log.path.write_text("\n".join(lines) + "\n")
     with pytest.raises(IntegrityError, match="line 2: does not follow"):
         verify_audit_log(log.path)
@@ -93,3 +96,24 @@ def test_cli_audit_verify(tmp_path, capsys):
     log.path.write_text(text)
     assert main(["broker", "audit", "verify", str(log.path)]) == 4
     assert "line 2: its content does not match its hash" in capsys.readouterr().err
+
+
+def test_a_line_that_parses_the_same_but_is_not_what_the_broker_wrote_is_refused(tmp_path):
+    log = AuditLog(tmp_path / "a.jsonl", fsync=False)
+    log.append("release", caller={"address": "10.0.0.7"}, decision="deny", reason="no")
+    lines = log.path.read_text().splitlines()
+    # A duplicate key placed first: JSON parsers keep the last value, so the hash still matches, but tools
+    # that read the first value would see a forged caller.
+    assert lines[0].startswith('{"caller":{')
+    lines[0] = '{"caller":"forged",' + lines[0][1:]
+    log.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(IntegrityError, match="line 1: not in the broker's canonical form"):
+        verify_audit_log(log.path)
+
+
+def test_an_incomplete_last_line_is_named_as_such(tmp_path):
+    log = _log(tmp_path / "a.jsonl", 2)
+    log.close()
+    log.path.write_bytes(log.path.read_bytes()[:-20])
+    with pytest.raises(IntegrityError, match="line 2: incomplete"):
+        AuditLog(log.path)

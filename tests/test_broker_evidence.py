@@ -103,7 +103,9 @@ def _assert_refused(broker: BrokerProcess, response, key, *, status: int, code: 
     entry = _last(broker)
     assert entry["event"] == "release" and entry["decision"] == "deny", entry
     assert entry["code"] == code and reason in entry["reason"], entry
-    assert entry["key"] == reference and entry["evidence"]["type"] == evidence_type
+    # Refused as a whole (evidence did not verify or bind): one entry naming the keys; per key otherwise.
+    assert entry.get("key", reference) == reference and entry.get("keys", [reference]) == [reference]
+    assert entry["evidence"]["type"] == evidence_type
     assert entry["caller"]["declared_name"] == "pytest-evidence"
     _assert_no_key_material(response.text + broker.audit_log.read_text() + broker.stderr, key)
     return entry
@@ -350,7 +352,7 @@ def test_genuine_sgx_quote_is_refused_now_for_its_expired_collateral(dcap_now_br
     (_sgx_policy, "sgx", 0, "allow", "sgx rule 1 of policy sgx-tpch met"),
     (lambda: _sgx_policy(mrenclave="ee" * 32), "sgx", 1, "deny", "mrenclave is '33d8736db756ed49"),
     (lambda: _sgx_policy(tcb_status="UpToDate"), "sgx", 1, "deny",
-     "TCB status ConfigurationAndSWHardeningNeeded is not accepted (accepted: UpToDate)"),
+     "TCB status is 'ConfigurationAndSWHardeningNeeded', expected 'UpToDate'"),
     (_sgx_policy, "tdx", 1, "deny", "policy sgx-tpch does not accept tdx evidence (it accepts: sgx)"),
 ], ids=["allow", "wrong-mrenclave", "tcb-status", "tdx-for-sgx-policy"])
 def test_policy_check_on_the_real_quotes(tmp_path, capsys, policy, evidence_kind, code, decision, reason):
@@ -415,7 +417,7 @@ def test_tpm_quote_releases_the_key_until_the_measured_state_changes(tpm_broker,
 
         tpm_env.extend_pcr(16, hashlib.sha256(b"something else ran").digest())  # the measured state changed
         clear_releases()
-        with pytest.raises(KeyAccessError, match=r"denied local:tpch#v1: PCR sha256:16 is '[0-9a-f]{64}', "
+        with pytest.raises(KeyAccessError, match=r"denied local:tpch#v1: policy vtpm-tpch: PCR sha256:16 is '[0-9a-f]{64}', "
                                                  f"expected '{PCR16_VALUE}'") as info:
             client.unwrap(wrapped)
     finally:
@@ -467,7 +469,7 @@ def test_hsm_held_primary_key_is_released_by_the_broker(tmp_path, softhsm, softh
                 clear_releases()
                 other = BrokerKms(process.url, attester="simulated", attester_settings={"claims": {"app": "x"}},
                                   ca=str(process.pki.ca_path), caller="pytest-evidence")
-                with pytest.raises(KeyAccessError, match=f"denied {reference}#v1: claim app is 'x'"):
+                with pytest.raises(KeyAccessError, match=f"denied {reference}#v1: policy hsm-dev: claim app is 'x'"):
                     other.unwrap(wrapped)
                 other.close()
             finally:

@@ -6,8 +6,10 @@ Evidence
 object that ``dcap_qvl.QuoteCollateralV3.to_json()`` writes (``pck_crl_issuer_chain``, ``root_ca_crl``,
 ``pck_crl``, ``tcb_info_issuer_chain``, ``tcb_info``, ``tcb_info_signature``, ``qe_identity_issuer_chain``,
 ``qe_identity``, ``qe_identity_signature``), as fetched from Intel PCS or a PCCS for the quote's FMSPC. It
-may be left out when the verifier was given collateral. Collateral is signed by Intel, so taking it from
-the caller gives the caller no power: dcap-qvl checks it up to Intel's root CA, which it embeds.
+is ignored when the verifier was given collateral (the operator's, fetched from a PCCS it trusts, wins). Collateral
+is signed by Intel and dcap-qvl checks it up to Intel's root CA, which it embeds, so a caller cannot forge it;
+but a caller could send an older set still inside its validity window (before a revocation or a TCB
+recovery), so brokers that must see revocations promptly configure their own.
 
 Quote layout (little endian)
 ----------------------------
@@ -136,11 +138,13 @@ class _DcapVerifier(EvidenceVerifier):
                                    f"verify it with the {evidence.type!r} verifier")
         quote = b64decode_field(evidence.payload, "quote", evidence_type=self.type)
         version = self._check_header(quote)
-        if evidence.payload.get("collateral") is not None:
+        if self._collateral is not None:
+            # The operator's collateral wins: a caller could otherwise pick older Intel-signed TCB info or
+            # CRLs, still inside their validity, that predate a revocation or a TCB recovery.
+            collateral = self._collateral
+        elif evidence.payload.get("collateral") is not None:
             collateral = _load_collateral(evidence.payload["collateral"],
                                           what=f"{self.type} evidence field 'collateral'", files=False)
-        elif self._collateral is not None:
-            collateral = self._collateral
         else:
             raise AttestationError(f"{self.type} evidence carries no collateral and the verifier has none: "
                                    "add 'collateral' to the evidence or configure the verifier's collateral")

@@ -44,6 +44,20 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_DEBUG_CLAIMS = ("x-ms-sgx-is-debuggable", "x-ms-sevsnpvm-is-debuggable", "tdx_td_attributes_debug")
+
+
+def _debuggable(claims: Mapping[str, Any]) -> bool | None:
+    """Whether the token says its TEE is debuggable: any known flag, at the top or under
+    ``x-ms-isolation-tee`` (Azure confidential VMs); ``None`` when it says nothing."""
+    scopes = [claims, claims.get("x-ms-isolation-tee")]
+    found = [scope[name] for scope in scopes if isinstance(scope, Mapping) for name in _DEBUG_CLAIMS if name in scope]
+    for value in found:
+        if not isinstance(value, bool):
+            raise AttestationError(f"the MAA token's debuggable claim is {value!r}, not true or false: refuse it")
+    return any(found) if found else None
+
+
 def _load_jwks(source: str | Path | Mapping[str, Any]) -> dict[str, _PublicKey]:
     """``{kid: public key}`` from a JWKS file or object; keys in ``x5c`` certificates or as ``n``/``e``, EC."""
     if isinstance(source, (str, Path)):
@@ -103,8 +117,9 @@ class MaaVerifier(EvidenceVerifier):
     Notes
     -----
     Claims: every token claim under its own name, plus ``issuer``, ``attestation_type`` (from
-    ``x-ms-attestation-type``), ``debug`` (``x-ms-sgx-is-debuggable`` or ``x-ms-sevsnpvm-is-debuggable``,
-    else ``False``) and ``report_data`` (hex or ``None``).
+    ``x-ms-attestation-type``), ``debug`` (``x-ms-sgx-is-debuggable``, ``x-ms-sevsnpvm-is-debuggable`` or
+    ``tdx_td_attributes_debug``, at the top or under ``x-ms-isolation-tee``; ``None`` when the token has
+    none, which policies treat as debuggable) and ``report_data`` (hex or ``None``).
     """
 
     type = "maa"
@@ -202,10 +217,8 @@ class MaaVerifier(EvidenceVerifier):
                                        f"{_iso(now)}): check the clocks, or pass --at with a later time")
 
     def _verified(self, claims: dict[str, Any], issuer: str) -> VerifiedEvidence:
-        debug = next((claims[name] for name in ("x-ms-sgx-is-debuggable", "x-ms-sevsnpvm-is-debuggable")
-                      if name in claims), False)
-        if not isinstance(debug, bool):
-            raise AttestationError(f"the MAA token's debuggable claim is {debug!r}, not true or false: refuse it")
+        # debug is None when the token does not say: policies then treat the TEE as debuggable.
+        debug = _debuggable(claims)
         report_data = _report_data(claims)
         attestation_type = claims.get("x-ms-attestation-type")
         claims.update(issuer=issuer, attestation_type=attestation_type, debug=debug,

@@ -25,8 +25,14 @@ refused, so simulated evidence is accepted only where a policy says ``type: simu
       - type: simulated                                 # development only: proves nothing
         claims: {app: tpch}
 
-Debug enclaves and TDs are refused unless a rule says ``allow_debug: true``. Unknown fields are errors,
-so a misspelt requirement never silently allows everything.
+A key governed by several policies is released only when every one of them allows it, so a broad policy
+can never override a strict one. Key patterns match case-insensitively.
+
+Debug enclaves and TDs are refused unless a rule says ``allow_debug: true``; SGX, TDX and MAA evidence
+that does not say whether it is debuggable counts as debuggable. Unknown fields, empty values and rules
+that pin nothing (an SGX rule without ``mrenclave`` or ``mrsigner``, a TDX rule without ``mrtd``, an MAA
+rule without ``claims``, a TPM rule without ``pcrs``) are errors, so a slip never silently allows
+everything. Claims may be named by a dotted path into nested claims (``x-ms-isolation-tee.x-ms-attestation-type``).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ _HEX_FIELDS = {
     "simulated": (),
 }
 _COMMON_FIELDS = {"type", "claims", "allow_debug"}
+_DEBUG_TYPES = ("sgx", "tdx", "maa")  # evidence that must say it is not debuggable
 _TYPE_FIELDS = {
     "sgx": {*_HEX_FIELDS["sgx"], "isv_prod_id", "min_isv_svn", "tcb_status"},
     "tdx": {*_HEX_FIELDS["tdx"], "tcb_status"},
@@ -75,8 +82,23 @@ def _one_of(value: object) -> tuple[object, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def _norm(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
+def _claim(claims: Mapping[str, Any], name: str) -> object:
+    """Claim ``name``, or a nested one by dotted path (``x-ms-isolation-tee.x-ms-attestation-type``)."""
+    if name in claims:
+        return claims[name]
+    value: object = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _same(actual: object, expected: object, *, fold_case: bool) -> bool:
+    """Equal values of the same type (so ``True`` is not ``1``); hex and URLs compared case-insensitively."""
+    if fold_case and isinstance(actual, str) and isinstance(expected, str):
+        return actual.lower() == expected.lower()
+    return type(actual) is type(expected) and actual == expected
 
 
 @dataclass(frozen=True)
@@ -107,35 +129,36 @@ class Rule:
     def failures(self, evidence: VerifiedEvidence) -> list[str]:
         """Every requirement ``evidence`` does not meet (empty when it meets them all)."""
         claims, req, found = evidence.claims, self.requirements, []
-        if claims.get("debug") and not req.get("allow_debug", False):
+        debug = claims.get("debug")
+        if not req.get("allow_debug", False) and (debug is True or (debug is not False and self.type in _DEBUG_TYPES)):
             found.append(f"{evidence.type} evidence comes from a debug {'enclave' if evidence.type == 'sgx' else 'TEE'}, "
-                         "whose memory its host can read (allow_debug is not set)")
+                         "whose memory its host can read (allow_debug is not set)" if debug is True else
+                         f"{evidence.type} evidence does not say whether the TEE is debuggable, so it is treated as "
+                         "debuggable (allow_debug is not set)")
         for name in _HEX_FIELDS.get(self.type, ()):
             if name in req:
-                self._expect(found, name, claims.get(name), req[name])
+                self._expect(found, name, claims.get(name), req[name], fold_case=True)
         if "isv_prod_id" in req:
             self._expect(found, "isv_prod_id", claims.get("isv_prod_id"), req["isv_prod_id"])
-        if "min_isv_svn" in req and not (isinstance(claims.get("isv_svn"), int)
-                                         and claims["isv_svn"] >= int(req["min_isv_svn"])):
+        if "min_isv_svn" in req and not (type(claims.get("isv_svn")) is int and claims["isv_svn"] >= req["min_isv_svn"]):
             found.append(f"isv_svn {claims.get('isv_svn')} is below the minimum {req['min_isv_svn']}")
         if self.type in ("sgx", "tdx"):
-            accepted = _one_of(req.get("tcb_status", _TCB_DEFAULT))
-            if claims.get("tcb_status") not in accepted:
-                found.append(f"TCB status {claims.get('tcb_status')} is not accepted (accepted: {', '.join(map(str, accepted))})")
+            self._expect(found, "TCB status", claims.get("tcb_status"), req.get("tcb_status", list(_TCB_DEFAULT)))
         if "issuer" in req:
-            self._expect(found, "issuer", claims.get("issuer"), req["issuer"])
+            self._expect(found, "issuer", str(claims.get("issuer", "")).rstrip("/") or None,
+                         [str(v).rstrip("/") for v in _one_of(req["issuer"])], fold_case=True)
         for bank, values in (req.get("pcrs") or {}).items():
             measured = (claims.get("pcrs") or {}).get(bank, {})
             for index, expected in values.items():
-                self._expect(found, f"PCR {bank}:{index}", measured.get(str(index)), expected)
+                self._expect(found, f"PCR {bank}:{index}", measured.get(str(index)), expected, fold_case=True)
         for name, expected in (req.get("claims") or {}).items():
-            self._expect(found, f"claim {name}", claims.get(name), expected)
+            self._expect(found, f"claim {name}", _claim(claims, name), expected)
         return found
 
     @staticmethod
-    def _expect(found: list[str], name: str, actual: object, expected: object) -> None:
+    def _expect(found: list[str], name: str, actual: object, expected: object, *, fold_case: bool = False) -> None:
         accepted = _one_of(expected)
-        if _norm(actual) not in {_norm(v) for v in accepted}:
+        if not any(_same(actual, value, fold_case=fold_case) for value in accepted):
             shown = "missing" if actual is None else repr(actual)
             found.append(f"{name} is {shown}, expected {'one of ' if len(accepted) > 1 else ''}"
                          f"{', '.join(repr(v) for v in accepted)}")
@@ -152,8 +175,8 @@ class Policy:
     source: str = field(default="", compare=False)
 
     def governs(self, key_reference: str) -> bool:
-        """Whether this policy governs the key ``<kms>:<key>``."""
-        return any(fnmatch.fnmatchcase(key_reference, pattern) for pattern in self.keys)
+        """Whether this policy governs the key ``<kms>:<key>`` (case-insensitive: several KMSs ignore case)."""
+        return any(fnmatch.fnmatchcase(key_reference.lower(), pattern.lower()) for pattern in self.keys)
 
     def evaluate(self, evidence: VerifiedEvidence) -> Decision:
         """Allow when one rule of the evidence's type is fully met; otherwise say why each fell short."""
@@ -173,6 +196,16 @@ class Policy:
         return Decision(False, self.name, tuple(reasons))
 
 
+def _check_value(value: object, *, where: str, strings: bool = False) -> None:
+    """A required value: a non-empty string (or number/boolean for claims), or a non-empty list of them."""
+    values = _one_of(value)
+    allowed = (str,) if strings else (str, int, float, bool)
+    if not values or not all(isinstance(v, allowed) and v != "" for v in values):
+        kinds = "text" if strings else "text, a number or true/false"
+        raise ConfigError(f"{where}: must be {kinds}, or a non-empty list of them, not {value!r}",
+                          hint="an empty or missing value would match evidence that lacks the claim")
+
+
 def _rule(raw: object, *, where: str) -> Rule:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str):
         raise ConfigError(f"{where}: each allow rule must be a mapping with a 'type'")
@@ -184,17 +217,30 @@ def _rule(raw: object, *, where: str) -> Rule:
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) for {kind} rules: {', '.join(unknown)}",
                           hint="allowed: " + ", ".join(sorted((_COMMON_FIELDS | _TYPE_FIELDS[kind]) - {'type'})))
-    if not isinstance(raw.get("claims", {}), Mapping):
+    claims = raw.get("claims", {})
+    if not isinstance(claims, Mapping):
         raise ConfigError(f"{where}: 'claims' must map claim names to values")
+    for name, value in claims.items():
+        _check_value(value, where=f"{where}, claim {name}")
     for name in ("isv_prod_id", "min_isv_svn"):
-        if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < 0):
+        if name in raw and (type(raw[name]) is not int or raw[name] < 0):
             raise ConfigError(f"{where}: {name} must be a non-negative integer, not {raw[name]!r}")
+    if "allow_debug" in raw and not isinstance(raw["allow_debug"], bool):
+        raise ConfigError(f"{where}: allow_debug must be true or false, not {raw['allow_debug']!r}",
+                          hint="write allow_debug: false without quotes")
+    for name in (*_HEX_FIELDS.get(kind, ()), "tcb_status", "issuer"):
+        if name in raw:
+            _check_value(raw[name], where=f"{where}, {name}", strings=True)
     pcrs = raw.get("pcrs", {})
     if not isinstance(pcrs, Mapping) or not all(isinstance(v, Mapping) for v in pcrs.values()):
         raise ConfigError(f"{where}: 'pcrs' must map a bank (sha256) to {{index: hex value}}")
-    if kind != "simulated" and not set(raw) - {"type", "allow_debug", "tcb_status", "issuer"}:
-        raise ConfigError(f"{where}: a {kind} rule must require at least one measurement or claim",
-                          hint="a rule without requirements would release keys to any code in any such TEE")
+    for bank, values in pcrs.items():
+        for index, value in values.items():
+            _check_value(value, where=f"{where}, PCR {bank}:{index}", strings=True)
+    required = {"sgx": ("mrenclave", "mrsigner"), "tdx": ("mrtd",), "maa": ("claims",), "tpm": ("pcrs",)}.get(kind, ())
+    if required and not any(raw.get(name) and (name != "pcrs" or any(pcrs.values())) for name in required):
+        raise ConfigError(f"{where}: a {kind} rule must require {' or '.join(required)}",
+                          hint="a rule without them would release keys to any code in any such TEE")
     requirements = {k: v for k, v in raw.items() if k != "type"}
     return Rule(kind, requirements)
 

@@ -7,6 +7,7 @@ Verification and unwrapping run in worker threads so one slow KMS call does not 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -31,28 +32,44 @@ _RATE_AUDIT_INTERVAL = 10.0
 _MAX_CALLER_NAME = 200
 
 
+def _client_group(address: str) -> str:
+    """The unit of rate limiting: an IPv4 address, or an IPv6 /64 (one host can use a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
 class _RateLimiter:
-    """Token buckets per client address."""
+    """Token buckets per client group; idle (full) buckets are dropped, so memory follows active clients."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self._buckets: dict[str, tuple[float, float]] = {}
         self._last_audit: dict[str, float] = {}
+        self._next_prune = 1024
         self._lock = threading.Lock()
 
     def wait_time(self, client: str) -> float:
         """0 when a request from ``client`` may go ahead now, else seconds until it may."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) >= self._next_prune:
+                self._prune(now)
             tokens, stamp = self._buckets.get(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
             if tokens >= 1.0:
                 self._buckets[client] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[client] = (tokens, now)
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
             return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        refill = self.burst / self.rate
+        self._buckets = {c: (t, s) for c, (t, s) in self._buckets.items() if now - s < refill}
+        self._last_audit = {c: s for c, s in self._last_audit.items() if now - s < _RATE_AUDIT_INTERVAL}
+        self._next_prune = max(1024, 2 * len(self._buckets))
 
     def should_audit(self, client: str) -> bool:
         """At most one audit entry per client per interval, so a flood cannot fill the disk."""
@@ -80,7 +97,7 @@ def create_app(service: BrokerService) -> Starlette:
         return caller
 
     def limited(request: Request) -> JSONResponse | None:
-        client = request.client.host if request.client else "unknown"
+        client = _client_group(request.client.host) if request.client else "unknown"
         wait = limiter.wait_time(client)
         if not wait:
             return None

@@ -9,6 +9,7 @@ one recorded elsewhere (``ppml broker audit verify --expect-head``; the broker l
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -28,20 +29,28 @@ GENESIS = "0" * 64
 
 
 def _entry_hash(entry: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def _canonical(entry: Mapping[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
+            where = f"audit log {path}, line {number}"
+            if not raw.endswith(b"\n"):
+                raise IntegrityError(f"{where}: incomplete (cut off, or the broker stopped while writing it)",
+                                     path=str(path), hint="keep a copy, then remove the incomplete last line "
+                                                          "to let the broker continue the log")
             try:
                 entry = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise IntegrityError(f"audit log {path}, line {number}: not a JSON object (edited or truncated)",
-                                     path=str(path)) from None
-            if not isinstance(entry, dict):
-                raise IntegrityError(f"audit log {path}, line {number}: not a JSON object", path=str(path))
+                raise IntegrityError(f"{where}: not a JSON object (edited or truncated)", path=str(path)) from None
+            # Byte for byte what the broker wrote: no duplicate keys or other text that parses the same.
+            if not isinstance(entry, dict) or raw[:-1] != _canonical(entry):
+                raise IntegrityError(f"{where}: not in the broker's canonical form (edited)", path=str(path))
             yield number, entry
 
 
@@ -84,23 +93,31 @@ def verify_audit_log(path: str | Path, *, expect_head: str | None = None) -> Aud
 class AuditLog:
     """Appends chained entries to a JSON-lines file (created 0600), one ``write`` + ``fsync`` per entry.
 
-    Opening an existing log checks its whole chain first: a broker never extends a log it cannot vouch for.
+    Opening an existing log locks it (one writer) and checks its whole chain first: a broker never extends a
+    log it cannot vouch for.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
         self.path = Path(path)
         self._fsync = fsync
         self._lock = threading.Lock()
-        if self.path.exists():
-            report = verify_audit_log(self.path)
-            self._seq, self._head = report.entries, report.head
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._seq, self._head = 0, GENESIS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot open the audit log {self.path}: {exc.strerror}") from None
+        try:
+            # Two writers would fork the chain: the second broker on the same log is refused.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            report = verify_audit_log(self.path)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ConfigError(f"the audit log {self.path} is in use by another process (another broker?)",
+                              hint="give each broker its own audit_log") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._seq, self._head = report.entries, report.head
 
     @property
     def head(self) -> str:
@@ -113,7 +130,9 @@ class AuditLog:
             entry = {"seq": self._seq, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                      "event": event, **fields, "prev": self._head}
             entry["hash"] = _entry_hash(entry)
-            os.write(self._fd, json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+            line = memoryview(_canonical(entry) + b"\n")
+            while line:
+                line = line[os.write(self._fd, line):]
             if self._fsync:
                 os.fsync(self._fd)
             self._seq, self._head = self._seq + 1, entry["hash"]

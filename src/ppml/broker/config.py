@@ -46,8 +46,13 @@ class Limits:
     requests_per_second: float = 20.0
     burst: int = 40
     nonce_lifetime: int = 60
-    max_outstanding_nonces: int = 10_000
     max_concurrency: int = 256
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"limits.{name} must be a positive number, not {value!r}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ __all__ = ["serve"]
 
 log = logging.getLogger("ppml.broker")
 GRACEFUL_SHUTDOWN_SECONDS = 5
+# Forward-secret AEAD suites only for TLS 1.2 (TLS 1.3 suites are all AEAD); older TLS is off by default.
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _server_class():
@@ -55,6 +57,7 @@ def serve(config: BrokerConfig) -> str:
             create_app(service), host=config.host, port=config.port,
             ssl_certfile=config.certificate, ssl_keyfile=config.private_key,
             ssl_ca_certs=config.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED if config.client_ca else ssl.CERT_NONE,
+            ssl_ciphers=_TLS12_CIPHERS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, limit_concurrency=config.limits.max_concurrency,
             h11_max_incomplete_event_size=16 * 1024, server_header=False, proxy_headers=False,
             access_log=False, log_level="warning", lifespan="off",

@@ -1,16 +1,15 @@
 """The key broker's decisions, independent of HTTP: nonces, verification, policy, unwrapping, audit.
 
-Every release request ends in one audit entry per requested key (one entry when the request itself is
-refused before its keys can be read), allowed or denied, with the reason. Refusals carry no key material:
+Every release request ends in audit entries with their reasons: one per requested key once the evidence
+has verified (allowed or denied, each on its own), else one for the whole refused request, naming the
+keys it asked for (so an unauthenticated flood costs one entry per request, not one per key). Refusals carry no key material:
 they are built from the request's public parts and the verifier's or policy's explanation.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,16 +20,25 @@ from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, o
 from ppml.attest.policy import Policy
 from ppml.broker.audit import AuditLog
 from ppml.broker.config import BrokerConfig
+from ppml.broker.keycache import KeyCache
+from ppml.broker.nonces import NONCE_SIZE, NonceBook
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import AttestationError, PpmlError
-from ppml.keys.broker_protocol import MAX_KEYS_PER_REQUEST, b64, release_info, seal_data_key, unb64
+from ppml.keys.broker_protocol import (
+    MAX_KEYS_PER_REQUEST,
+    b64,
+    check_public_key,
+    release_info,
+    seal_data_key,
+    unb64,
+)
 from ppml.keys.kms import KeyManagementService, open_kms
 
 __all__ = ["BrokerService", "Refusal", "open_backends"]
 
 log = logging.getLogger("ppml.broker")
-NONCE_SIZE = 32
+_MAX_LOGGED_REFERENCE = 256
 _SECRET_SETTINGS = {"local": {"passphrase"}, "pkcs11": set(), "azure": set()}
 
 
@@ -69,11 +77,9 @@ class BrokerService:
         self.backends = dict(backends) if backends is not None else open_backends(config.kms)
         self.audit = AuditLog(config.audit_log)
         self.counters: Counter[str] = Counter()
-        self._nonces: dict[bytes, float] = {}
-        self._nonce_lock = threading.Lock()
-        self._cache: dict[tuple[str, str, str, bytes], tuple[DataKey, float]] = {}
-        self._cache_lock = threading.Lock()
-        self._unwrap_locks: dict[tuple[str, str, str, bytes], threading.Lock] = {}
+        self._counter_lock = threading.Lock()
+        self.nonces = NonceBook(config.limits.nonce_lifetime)
+        self.keys = KeyCache(config.key_cache)
         if "simulated" in self.verifiers:
             log.warning("SIMULATED ATTESTATION IS ENABLED: evidence of type 'simulated' proves nothing; keys "
                         "governed by a policy that allows it are released to any caller")
@@ -81,44 +87,33 @@ class BrokerService:
             log.warning("evidence is verified as of %s, not the current time: for checking stored evidence only",
                         config.verification_time.isoformat())
         self.audit.append("start", config=config.source, policies=[p.name for p in self.policies],
-                          verifiers=sorted(self.verifiers), kms=sorted(self.backends))
+                          verifiers=sorted(self.verifiers), kms=sorted(self.backends),
+                          verification_time=config.verification_time.isoformat() if config.verification_time else None)
 
-    # -- nonces ---------------------------------------------------------------------------------------
+    def count(self, name: str) -> None:
+        with self._counter_lock:
+            self.counters[name] += 1
 
     def issue_nonce(self) -> tuple[bytes, int]:
         """A fresh single-use nonce and its lifetime in seconds."""
-        lifetime, now = self.config.limits.nonce_lifetime, time.monotonic()
-        nonce = os.urandom(NONCE_SIZE)
-        with self._nonce_lock:
-            if len(self._nonces) >= self.config.limits.max_outstanding_nonces:
-                for stale in [n for n, expiry in self._nonces.items() if expiry <= now]:
-                    del self._nonces[stale]
-                if len(self._nonces) >= self.config.limits.max_outstanding_nonces:
-                    raise Refusal(503, "busy", "too many outstanding nonces; retry shortly")
-            self._nonces[nonce] = now + lifetime
-        self.counters["nonces"] += 1
-        return nonce, lifetime
-
-    def _consume_nonce(self, nonce: bytes) -> bool:
-        with self._nonce_lock:
-            expiry = self._nonces.pop(nonce, None)
-        return expiry is not None and expiry > time.monotonic()
+        self.count("nonces")
+        return self.nonces.issue(), self.nonces.lifetime
 
     # -- releases -------------------------------------------------------------------------------------
 
     def refuse(self, caller: Mapping[str, Any], refusal: Refusal, *, evidence: dict[str, Any] | None = None,
                keys: list[str] | None = None) -> None:
-        """Record a refused request (one entry per named key, else one) and count it."""
-        for key in keys or [None]:
-            self.audit.append("release", decision="deny", caller=dict(caller), evidence=evidence, policy=None,
-                              key=key, reason=refusal.reason, code=refusal.code)
-            self.counters["denied"] += 1
+        """Record a request refused as a whole: one audit entry, naming the keys it asked for."""
+        named = {"keys": [k[:_MAX_LOGGED_REFERENCE] for k in keys]} if keys else {}
+        self.audit.append("release", decision="deny", caller=dict(caller), evidence=evidence, policy=None,
+                          **named, reason=refusal.reason, code=refusal.code)
+        self.count("denied")
 
     def release(self, body: object, caller: Mapping[str, Any]) -> dict[str, Any]:
         """Handle one release request; returns the response body or raises :class:`Refusal` (audited)."""
         nonce, public_key, evidence, wrapped_keys = self._parse(body, caller)
-        references = [f"{w.kms}:{w.key}" for w in wrapped_keys]
-        if not self._consume_nonce(nonce):
+        references = [self._reference(w) for w in wrapped_keys]
+        if not self.nonces.consume(nonce):
             refusal = Refusal(403, "nonce", "the nonce is unknown, expired or already used (a replayed or stale "
                                             "request); ask for a new nonce and attest again")
             self.refuse(caller, refusal, evidence={"type": evidence.type, "digest": evidence.digest}, keys=references)
@@ -128,14 +123,20 @@ class BrokerService:
                    for w, ref in zip(wrapped_keys, references)]
         return {"keys": answers}
 
+    def _reference(self, wrapped: WrappedKey) -> str:
+        """``<kms>:<key>`` in the backend's canonical spelling: what policies are matched against."""
+        backend = self.backends.get(wrapped.kms)
+        return f"{wrapped.kms}:{backend.canonical_key(wrapped.key) if backend else wrapped.key}"
+
     def _parse(self, body: object, caller: Mapping[str, Any]) -> tuple[bytes, bytes, Evidence, list[WrappedKey]]:
         try:
             if not isinstance(body, Mapping):
                 raise ValueError("the request body must be a JSON object")
             nonce = unb64(body.get("nonce"), what="nonce")
             public_key = unb64(body.get("public_key"), what="public_key")
-            if len(nonce) != NONCE_SIZE or len(public_key) != 32:
-                raise ValueError("nonce and public_key must be 32 bytes each (public_key: raw X25519)")
+            if len(nonce) != NONCE_SIZE:
+                raise ValueError(f"the nonce must be {NONCE_SIZE} bytes")
+            check_public_key(public_key)
             keys = body.get("keys")
             if not isinstance(keys, list) or not 0 < len(keys) <= MAX_KEYS_PER_REQUEST:
                 raise ValueError(f"keys must list 1 to {MAX_KEYS_PER_REQUEST} wrapped keys")
@@ -174,59 +175,47 @@ class BrokerService:
 
     def _answer(self, wrapped: WrappedKey, reference: str, verified: VerifiedEvidence, record: dict[str, Any],
                 nonce: bytes, public_key: bytes, caller: Mapping[str, Any]) -> dict[str, Any]:
-        policy = next((p for p in self.policies if p.governs(reference)), None)
         entry = {"caller": dict(caller), "evidence": record, "key": reference, "version": wrapped.version}
-        if policy is None:
-            reason = f"no policy governs the key {reference}: unknown key"
-            return self._deny(entry, None, reason, "unknown-key")
-        decision = policy.evaluate(verified)
-        if not decision.allowed:
-            return self._deny(entry, policy.name, decision.reason, "policy")
+        governing = [p for p in self.policies if p.governs(reference)]
+        if not governing:
+            return self._deny(entry, None, f"no policy governs the key {reference}: unknown key", "unknown-key")
+        # Every policy that governs the key must allow: a broad policy can never override a strict one.
+        decisions = [p.evaluate(verified) for p in governing]
+        names = ", ".join(p.name for p in governing)
+        refusals = [d for d in decisions if not d.allowed]
+        if refusals:
+            return self._deny(entry, names, "; ".join(f"policy {d.policy}: {d.reason}" for d in refusals), "policy")
         backend = self.backends.get(wrapped.kms)
         if backend is None:
-            return self._deny(entry, policy.name, f"this broker holds no {wrapped.kms!r} key management service",
+            return self._deny(entry, names, f"this broker holds no {wrapped.kms!r} key management service",
                               "unknown-key")
         try:
-            key = self._unwrap(backend, wrapped, policy.lifetime)
+            key = self.keys.get(wrapped, lambda w: self._kms_unwrap(backend, w))
         except PpmlError as exc:
-            return self._deny(entry, policy.name, f"cannot unwrap: {exc.message}", "unwrap")
-        if verified.simulated:
-            log.warning("SIMULATED attestation: released %s to %s under policy %s", reference, caller, policy.name)
-        self.audit.append("release", decision="allow", policy=policy.name, reason=decision.reason,
-                          lifetime=decision.lifetime, key_id=key.key_id, **entry)
-        self.counters["released"] += 1
+            return self._deny(entry, names, f"cannot unwrap: {exc.message}", "unwrap")
+        lifetime = min(d.lifetime for d in decisions)
         sealed = seal_data_key(key, public_key, release_info(nonce, wrapped))
+        if verified.simulated:
+            log.warning("SIMULATED attestation: released %s to %s under policy %s", reference, caller, names)
+        self.audit.append("release", decision="allow", policy=names, reason="; ".join(d.reason for d in decisions),
+                          lifetime=lifetime, key_id=key.key_id, **entry)
+        self.count("released")
         return {"key": reference, "version": wrapped.version, "status": "released", "sealed": b64(sealed),
-                "expires_in": decision.lifetime, **({"simulated": True} if verified.simulated else {})}
+                "expires_in": lifetime, **({"simulated": True} if verified.simulated else {})}
 
     def _deny(self, entry: dict[str, Any], policy: str | None, reason: str, code: str) -> dict[str, Any]:
         self.audit.append("release", decision="deny", policy=policy, reason=reason, code=code, **entry)
-        self.counters["denied"] += 1
+        self.count("denied")
         return {"key": entry["key"], "version": entry["version"], "status": "denied", "code": code, "reason": reason}
 
-    def _unwrap(self, backend: KeyManagementService, wrapped: WrappedKey, lifetime: int) -> DataKey:
-        cache_key = (wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped)
-        with self._cache_lock:
-            lock = self._unwrap_locks.setdefault(cache_key, threading.Lock())
-        with lock:
-            now = time.monotonic()
-            with self._cache_lock:
-                cached = self._cache.get(cache_key)
-            if cached is not None and cached[1] > now:
-                return cached[0]
-            key = backend.unwrap(wrapped)
-            self.counters["kms_unwraps"] += 1
-            with self._cache_lock:
-                self._cache[cache_key] = (key, now + self.config.key_cache)
-            return key
+    def _kms_unwrap(self, backend: KeyManagementService, wrapped: WrappedKey) -> DataKey:
+        key = backend.unwrap(wrapped)
+        self.count("kms_unwraps")
+        return key
 
     def close(self) -> str:
-        """Forget cached keys and outstanding nonces, close the audit log; returns its head hash."""
-        with self._cache_lock:
-            self._cache.clear()
-            self._unwrap_locks.clear()
-        with self._nonce_lock:
-            self._nonces.clear()
+        """Forget cached keys, close the audit log; returns its head hash."""
+        self.keys.clear()
         entry = self.audit.append("stop", counters=dict(self.counters))
         self.audit.close()
         return entry["hash"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 __all__ = ["WrappedKey"]
 
 MAX_WRAPPED_SIZE = 16 * 1024
+MAX_KEY_NAME_SIZE = 1024  # a Key Vault key URL is about 100
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class WrappedKey:
                 raise TypeError(f"WrappedKey.{field} must be a string")
         if not self.kms:
             raise ValueError("WrappedKey.kms must name a key management service")
+        for field, limit in (("kms", 64), ("key", MAX_KEY_NAME_SIZE), ("version", 128)):
+            if len(getattr(self, field)) > limit:
+                raise ValueError(f"WrappedKey.{field} is longer than {limit} characters")
         if not isinstance(self.wrapped, bytes) or not 0 < len(self.wrapped) <= MAX_WRAPPED_SIZE:
             raise ValueError(f"WrappedKey.wrapped must be 1 to {MAX_WRAPPED_SIZE} bytes")
 

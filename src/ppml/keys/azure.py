@@ -471,6 +471,14 @@ class AzureKeyVaultKms(KeyManagementService):
         """The versionless key id stored as ``WrappedKey.key``: ``https://<vault>/keys/<name>``."""
         return f"{self.vault_url}/keys/{self._key_name(key_name)}"
 
+    def canonical_key(self, key: str) -> str:
+        """``https://<vault host, lowercase>/keys/<name, lowercase>``: Key Vault ignores the case of names."""
+        try:
+            vault, name, _ = _split_object_id(key, "keys")
+        except ValueError:
+            return key
+        return f"{vault}/keys/{name.lower()}"
+
     def _versioned(self, name: str, version: str) -> str:
         return f"{self.vault_url}/keys/{name}/{version}"
 

@@ -40,6 +40,14 @@ _RELEASES_LOCK = threading.Lock()
 _COUNTERS: Counter[str] = Counter()
 
 
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds; an HTTP date counts as 1 s), at most 10."""
+    try:
+        return min(max(float(value or 1), 0.0), 10.0)
+    except ValueError:
+        return 1.0
+
+
 def release_counters() -> dict[str, int]:
     """This process's counts: ``requests`` to the broker, ``keys`` released, ``cache_hits``."""
     return dict(_COUNTERS)
@@ -165,7 +173,7 @@ class BrokerKms(KeyManagementService):
                                      hint="check the URL, that the broker is running, and that its TLS certificate "
                                           "is trusted (brokerCa / PPML_BROKER_CA)") from None
             if response.status_code in (429, 503) and attempt < _MAX_RETRIES:
-                time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 10.0))
+                time.sleep(_retry_after(response.headers.get("Retry-After")))
                 continue
             try:
                 payload = response.json()

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_KEYS_PER_REQUEST",
     "EphemeralKey",
     "seal_data_key",
+    "check_public_key",
     "release_info",
     "b64",
     "unb64",
@@ -66,6 +67,16 @@ def release_info(nonce: bytes, wrapped: WrappedKey) -> bytes:
     wrapped_digest = hashlib.sha256(f"{wrapped.kms}\0{wrapped.key}\0{wrapped.version}\0".encode()
                                     + wrapped.wrapped).digest()
     return PROTOCOL.encode() + b"\0release\0" + nonce + wrapped_digest
+
+
+def check_public_key(public_key: bytes) -> None:
+    """Refuse anything but a usable X25519 public key (32 bytes, not a low-order point) with ValueError."""
+    if len(public_key) != 32:
+        raise ValueError("public_key must be a raw 32-byte X25519 key")
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        raise ValueError("public_key is not a usable X25519 key (a low-order point)") from None
 
 
 def seal_data_key(key: DataKey, public_key: bytes, info: bytes) -> bytes:

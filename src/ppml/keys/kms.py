@@ -91,6 +91,14 @@ class KeyManagementService(ABC):
         """
         return key_name
 
+    def canonical_key(self, key: str) -> str:
+        """``WrappedKey.key`` in the one form this backend gives it, for matching it against policies.
+
+        The identity by default; backends that accept several spellings of one key (Azure Key Vault URLs)
+        normalise them, so that no spelling can slip past a policy written for the key.
+        """
+        return key
+
     def generate_data_key(self, key_name: str) -> tuple[DataKey, WrappedKey]:
         """A new data key and its wrapped copy."""
         key = DataKey.generate()
