@@ -64,6 +64,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _report import cpu_model, note, say
+
 FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 PASSPHRASE = "broker benchmark passphrase"
 CLAIMS = {"app": "bench"}
@@ -71,26 +73,8 @@ TPCH_CLAIMS = {"app": "tpch"}
 NO_LIMIT = {"requests_per_second": 1_000_000, "burst": 1_000_000}
 
 
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def note(text: str) -> None:
-    print(f"> {text}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # machine
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _loadavg() -> str:
@@ -755,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore")  # simulated attestation warns by design
-    machine = {"nproc": str(os.cpu_count()), "cpu": _cpu_model(), "python": platform.python_version(),
+    machine = {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "python": platform.python_version(),
                "cryptography": _version("cryptography"), "uvicorn": _version("uvicorn"), "httpx": _version("httpx"),
                "softhsm": _softhsm_version() if not args.skip_pkcs11 else "SoftHSM2 skipped",
                "load_start": _loadavg(),

@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _report import cpu_model, note, say
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORKDIR = HERE / "_data"
 # Argon2id: OWASP's minimum (19 MiB, 2 passes): real, but opens in a few tens of milliseconds.
@@ -60,26 +62,8 @@ PLAIN, GCM, CBC = "plaintext", "aes_gcm_stream", "cbc"
 CBC_MODE = "aes/cbc/pkcs5padding"
 
 
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def note(text: str) -> None:
-    print(f"> {text}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # machine
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _mem_kib(field_name: str) -> int | None:
@@ -105,7 +89,7 @@ def machine_info(spark_version: str | None = None) -> dict[str, object]:
     total = _mem_kib("MemTotal")
     return {
         "nproc": os.cpu_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "ram_gib": round(total / 2**20, 1) if total else None,
         "os": platform.platform(),
         "python": platform.python_version(),
