@@ -285,7 +285,7 @@ def demo(
         with byte_progress("encrypting tables", total) as advance:
             report = encrypt_tables(str(work / "plain"), str(encrypted), key=key, envelope=record.envelope,
                                     force=True, progress=advance)
-        say(f"Encrypted 8 tables ({report.bytes / 1e6:,.0f} MB) into {encrypted} in {report.seconds:.1f} s")
+        say(f"Encrypted 8 tables ({report.bytes / 1e6:,.0f} MB) into {encrypted} in {report.seconds:.2f} s")
     else:
         say(f"Reusing the encrypted tables in {encrypted}")
 
