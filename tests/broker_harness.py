@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import yaml
-from keyvault_server import make_pki
+from keyvault_server import Pki, make_pki
 
 from ppml.keys.local import LocalKms
 
@@ -124,6 +124,18 @@ class BrokerProcess:
 
     def audit_entries(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+
+    @classmethod
+    def configured(cls, config_path: Path, *, port: int, ca_path: Path, env: dict[str, str] | None = None,
+                   audit_log: Path | None = None) -> BrokerProcess:
+        """A broker for a configuration file written elsewhere (``ppml broker init``)."""
+        process = cls.__new__(cls)
+        process.folder, process.config_path, process.port = config_path.parent, config_path, port
+        process.pki = Pki(ca_path, ca_path, ca_path)
+        process.audit_log = audit_log or config_path.parent / "audit" / "broker.jsonl"
+        process.env = {**os.environ, **(env or {})}
+        process.process, process.stderr_path = None, config_path.parent / "broker.stderr"
+        return process
 
     def __enter__(self) -> BrokerProcess:
         return self.start()

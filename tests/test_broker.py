@@ -368,3 +368,32 @@ def test_overlapping_policies_must_all_allow_and_nonces_expire(tmp_path):
                                                                claims={"app": "tpch", "stage": "prod"}))
             assert late.status_code == 403 and late.json()["error"]["code"] == "nonce"
             assert http.get("/v1/health").json()["counters"]["kms_unwraps"] == 2
+
+
+def test_broker_init_makes_a_folder_that_serves(tmp_path, monkeypatch):
+    """`ppml broker init` output runs as is: TLS from its own CA, the local key store, the policy it wrote."""
+    from broker_harness import PASSPHRASE, free_port, make_keystore
+
+    from ppml.broker.config import load_config
+    from ppml.cli.main import main
+
+    keystore = make_keystore(tmp_path / "keys", "tpch")
+    port = free_port()
+    monkeypatch.setenv("PPML_KEYSTORE", str(keystore.path))
+    assert main(["broker", "init", str(tmp_path / "dev"), "--key-name", "tpch", "--port", str(port),
+                 "--passphrase-source", f"file:{tmp_path / 'keys' / 'passphrase'}", "--simulated"]) == 0
+    assert main(["broker", "init", str(tmp_path / "dev"), "--key-name", "tpch"]) == 6  # never overwrites
+    assert (tmp_path / "dev" / "tls" / "broker-key.pem").stat().st_mode & 0o077 == 0
+    process = BrokerProcess.configured(tmp_path / "dev" / "broker.yaml", port=port,
+                                       ca_path=tmp_path / "dev" / "tls" / "ca.pem")
+    key, wrapped = keystore.generate_data_key("tpch")
+    with process:
+        client = BrokerKms(process.url, attester="simulated", attester_settings={"claims": {"app": "my-job"}},
+                           ca=str(process.pki.ca_path))
+        assert client.unwrap(wrapped) == key
+    assert process.audit_entries()[1]["decision"] == "allow"
+    # Without --simulated the folder still loads, and its placeholder SGX rule releases nothing.
+    assert main(["broker", "init", str(tmp_path / "prod"), "--key-name", "tpch"]) == 0
+    config = load_config(tmp_path / "prod" / "broker.yaml")
+    assert "simulated" not in config.verifiers and [r.type for r in config.policies[0].rules] == ["sgx"]
+    assert PASSPHRASE not in (tmp_path / "dev" / "broker.yaml").read_text()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import JsonOpt, emit_json, err
+from ppml.cli._common import JsonOpt, KeystoreOpt, emit_json, err
 
 app = typer.Typer(help="The key broker: releases data keys only to attested workloads.", no_args_is_help=True)
 policy_app = typer.Typer(help="Release policies.", no_args_is_help=True)
@@ -18,6 +18,49 @@ app.add_typer(audit_app, name="audit")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="PPML_BROKER_CONFIG", show_envvar=True,
                                          help="Broker configuration file (YAML; see docs/broker.md).")]
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Folder for broker.yaml, tls/, policies/ and audit/.")],
+    key_name: Annotated[str, typer.Option("--key-name", help="Primary key in the key store whose data keys the "
+                                                            "broker releases.")] = "default",
+    keystore: KeystoreOpt = None,
+    passphrase_source: Annotated[str, typer.Option(
+        "--passphrase-source", metavar="SOURCE",
+        help="Where the broker reads the key store passphrase: env:VAR, file:PATH or azure-secret:VAULT/NAME.")
+    ] = "env:PPML_KEYSTORE_PASSWORD",
+    host: Annotated[Optional[list[str]], typer.Option(
+        "--host", help="Name or address clients use (repeatable) [default: localhost, 127.0.0.1, this host].")] = None,
+    listen: Annotated[str, typer.Option("--listen", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8443,
+    simulated: Annotated[bool, typer.Option(
+        "--simulated", help="Also accept simulated evidence (development only: it proves nothing).")] = False,
+) -> None:
+    """Create a broker folder: TLS certificates, a configuration and a release policy to edit.
+
+    **Examples**
+
+    * `ppml broker init broker --key-name tpch --simulated`: a development broker on 127.0.0.1:8443
+    * `ppml broker init /etc/ppml-broker --key-name tpch --listen 0.0.0.0 --host broker.internal`
+    """
+    from ppml.broker.scaffold import create_broker_folder
+    from ppml.keys.local import default_keystore_path
+    from ppml.keys.settings import read_secret_source
+
+    if passphrase_source.partition(":")[0] not in ("env", "file", "azure-secret"):
+        read_secret_source(passphrase_source, what="key store passphrase")  # raises the usual explanation
+    store = (keystore or default_keystore_path()).expanduser().resolve()
+    made = create_broker_folder(folder, key_reference=f"local:{key_name}", keystore=str(store),
+                                passphrase=passphrase_source, hosts=host, listen=listen, port=port,
+                                simulated=simulated)
+    err.print(f"Created {made.config}, TLS certificates in {made.ca_certificate.parent} and the policy {made.policy}.")
+    if simulated:
+        err.print("[bold red]The broker accepts SIMULATED evidence: for development only.[/]")
+    err.print(f"Next: edit {made.policy}, then\n  ppml broker serve --config {made.config}\n"
+              f"Clients:\n  export PPML_BROKER_URL={made.url} PPML_BROKER_CA={made.ca_certificate.resolve()}\n"
+              f"  export PPML_BROKER_ATTESTER={'simulated' if simulated else 'sgx-gramine'}"
+              + ("\n  export PPML_BROKER_ATTESTER_SETTINGS='{\"claims\": {\"app\": \"my-job\"}}'" if simulated else ""))
 
 
 @app.command()

@@ -103,7 +103,8 @@ def init(
     if created_store:
         err.print(f"Created key store {kms.path} (mode 0600).")
     err.print(f"Created primary key [bold]local:{key_name}[/] version v{info.current_version}.")
-    err.print("Next: ppml keys data-key --out data-key.json")
+    named = "" if key_name == DEFAULT_KEY_NAME else f" --key-name {key_name}"
+    err.print(f"Next: ppml keys data-key{named} --out data-key.json")
 
 
 @app.command("data-key")
