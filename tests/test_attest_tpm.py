@@ -399,3 +399,22 @@ def test_ca_path_length_is_enforced(tpm_env, quoted, tmp_path):
     pems = [cert.public_bytes(serialization.Encoding.PEM).decode(),
             sub_cert.public_bytes(serialization.Encoding.PEM).decode(), tpm_env.intermediate.path.read_text()]
     fails(tpm_env.verifier(), changed(quoted.evidence, certificates=pems), r"allows 0 .*CA")
+
+
+def test_unknown_critical_extension_is_refused(tpm_env, quoted):
+    from cryptography import x509 as x
+    from cryptography.hazmat.primitives import hashes as h
+    from cryptography.x509.oid import NameOID as N
+
+    base = tpm_env.intermediate.issue(tpm_env.ak_public_key, "ppml-test-vm")
+    builder = (x.CertificateBuilder().subject_name(x.Name([x.NameAttribute(N.COMMON_NAME, "ppml-test-vm")]))
+               .issuer_name(base.issuer).public_key(tpm_env.ak_public_key).serial_number(x.random_serial_number())
+               .not_valid_before(base.not_valid_before_utc).not_valid_after(base.not_valid_after_utc))
+    for ext in base.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    odd = builder.add_extension(x.UnrecognizedExtension(x.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"),
+                                critical=True).sign(tpm_env.intermediate.key, h.SHA256())
+    pems = [odd.public_bytes(serialization.Encoding.PEM).decode(), tpm_env.intermediate.path.read_text()]
+    fails(tpm_env.verifier(), changed(quoted.evidence, certificates=pems), r"critical extensions .*1\.3\.6\.1\.4\.1\.99999\.1")
+    pems[0] = base.public_bytes(serialization.Encoding.PEM).decode()
+    tpm_env.verifier().verify(changed(quoted.evidence, certificates=pems), at=now())  # the same without it

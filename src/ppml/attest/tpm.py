@@ -45,7 +45,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, b64decode_field
 from ppml.attest.tpm_structures import (
@@ -94,8 +94,18 @@ def _common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
+# Critical extensions a verifier may process here (RFC 5280 4.2: any other critical one means "refuse").
+_UNDERSTOOD = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+               ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES}
+
+
 def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
     name = cert.subject.rfc4514_string()
+    unknown = [ext.oid.dotted_string for ext in cert.extensions if ext.critical and ext.oid not in _UNDERSTOOD]
+    if unknown:
+        raise AttestationError(f"TPM certificate chain: the {role} {name!r} has critical extensions this "
+                               f"verifier does not understand ({', '.join(unknown)})",
+                               hint="a certificate with unknown critical extensions must be refused (RFC 5280)")
     if at > cert.not_valid_after_utc:
         raise AttestationError(
             f"TPM certificate chain: the {role} {name!r} expired on {cert.not_valid_after_utc.isoformat()}",
