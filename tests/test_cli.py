@@ -310,3 +310,33 @@ def test_demo_runs_twice(tmp_path):
     second = doc_of(cli.run("demo", "--dir", "D", "--rows", "2000", "--json", env=no_env), "demo")
     assert second["ok"] is True
     assert any("Reusing the key store" in s["step"] for s in second["steps"])
+
+
+def test_standard_input_and_output_streams(cli_ws):
+    """`-` encrypts from a pipe and decrypts to one; a damaged stream fails with exit 4 after what was
+    authentic, and --json never mixes with plaintext on standard output."""
+    import subprocess
+    import sys
+
+    ppml = [sys.executable, "-m", "ppml.cli.main"]
+    env = cli_ws.env
+    data = b"".join(b"%d,row\n" % i for i in range(300_000))
+    enc = cli_ws.root / "piped.ppml"
+    done = subprocess.run([*ppml, "encrypt", "-", str(enc), "--data-key", str(cli_ws.root / "dk.json")], input=data,
+                          env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    out = subprocess.run([*ppml, "decrypt", str(enc), "-"], env=env, capture_output=True)
+    assert out.returncode == 0 and out.stdout == data and b"Decrypted 1 file" in out.stderr
+    truncated = cli_ws.root / "truncated.ppml"
+    truncated.write_bytes(enc.read_bytes()[: 2 * 1024 * 1024])
+    cut = subprocess.run([*ppml, "decrypt", str(truncated), "-"], env=env, capture_output=True)
+    assert cut.returncode == 4 and data.startswith(cut.stdout)
+    altered = bytearray(enc.read_bytes())
+    altered[-100] ^= 1  # inside the third (last) of three segments
+    damaged = cli_ws.root / "damaged.ppml"
+    damaged.write_bytes(bytes(altered))
+    bad = subprocess.run([*ppml, "decrypt", str(damaged), "-"], env=env, capture_output=True)
+    assert bad.returncode == 4 and b"failed authentication" in bad.stderr
+    assert 0 < len(bad.stdout) < len(data) and data.startswith(bad.stdout)  # only authentic segments got out
+    mixed = subprocess.run([*ppml, "decrypt", str(enc), "-", "--json"], env=env, capture_output=True)
+    assert mixed.returncode == 2 and mixed.stdout == b""

@@ -211,8 +211,9 @@ def keyring(keystore: Path | None, passphrase_file: Path | None,
 
 
 @contextlib.contextmanager
-def byte_progress(description: str, total: int) -> Iterator:
-    """A progress bar on stderr (hidden when stderr is not a terminal); yields an ``advance(n)`` callable."""
+def byte_progress(description: str, total: int | None) -> Iterator:
+    """A progress bar on stderr (hidden when stderr is not a terminal; ``total=None`` for a stream of
+    unknown size); yields an ``advance(n)`` callable."""
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not err.is_terminal,

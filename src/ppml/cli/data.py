@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,6 +44,9 @@ DataKeyOpt = Annotated[Optional[Path], typer.Option("--data-key", help="Data-key
 _BIGDL_KMS = {"bigdl-plaintext", "SimpleKeyManagementService", "bigdl-azure"}
 
 
+STDIO = "-"
+
+
 def _total(path: str) -> int:
     return sum(size for _, size in locate(path).files())
 
@@ -55,7 +59,8 @@ def _summary(report: files.Report, verb: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def encrypt(
-        src: Annotated[str, typer.Argument(help="File or folder to encrypt (local path or URL).")],
+        src: Annotated[str, typer.Argument(help="File or folder to encrypt (local path or URL), or - for standard "
+                                                "input.")],
         dst: Annotated[str, typer.Argument(help="Encrypted file or folder to create.")],
         data_key: DataKeyOpt = None,
         mode: ModeOpt = DEFAULT_FORMAT,
@@ -80,6 +85,7 @@ def register(app: typer.Typer) -> None:
 
         * `ppml encrypt orders.csv orders.csv.ppml --data-key dk.json`
         * `ppml encrypt ./tpch ./tpch-enc --data-key dk.json --workers 4`
+        * `pg_dump sales | ppml encrypt - sales.sql.ppml --data-key dk.json`
         * `ppml encrypt ./out ./out-bigdl --mode aes/cbc/pkcs5padding --data-key bigdl-dk.json --primary-key-plaintext env:PK`
         """
         if data_key is None:
@@ -99,9 +105,14 @@ def register(app: typer.Typer) -> None:
         if segment not in SEGMENT_PRESETS:
             raise UsageError(f"unknown segment preset {segment!r}", hint="choose one of: " + ", ".join(SEGMENT_PRESETS))
         options = {"segment_size": SEGMENT_PRESETS[segment]} if fmt.name == "aes_gcm_stream" else {}
-        with byte_progress("encrypting", _total(src)) as advance:
-            report = files.encrypt(src, dst, key=key, envelope=record.envelope, mode=fmt.name, force=force,
-                                   workers=workers, progress=advance, **options)
+        if src == STDIO:
+            with byte_progress("encrypting", None) as advance:
+                report = files.encrypt_stream(sys.stdin.buffer, dst, key=key, envelope=record.envelope,
+                                              mode=fmt.name, force=force, progress=advance, **options)
+        else:
+            with byte_progress("encrypting", _total(src)) as advance:
+                report = files.encrypt(src, dst, key=key, envelope=record.envelope, mode=fmt.name, force=force,
+                                       workers=workers, progress=advance, **options)
         if as_json:
             emit_json("encrypt", report.to_json())
         else:
@@ -110,7 +121,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def decrypt(
         src: Annotated[str, typer.Argument(help="Encrypted file or folder.")],
-        dst: Annotated[str, typer.Argument(help="Plaintext file or folder to create.")],
+        dst: Annotated[str, typer.Argument(help="Plaintext file or folder to create, or - for standard output.")],
         data_key: DataKeyOpt = None,
         mode: ModeOpt = None,
         keystore: KeystoreOpt = None,
@@ -126,20 +137,29 @@ def register(app: typer.Typer) -> None:
         """Decrypt a file or folder. Each file's header names its key and mode.
 
         Without --data-key the key is unwrapped from each file's header through the key store (or the
-        BigDL options). Every byte is authenticated before it is written; a failed run leaves no output.
+        BigDL options). Every byte is authenticated before it is written; a failed run leaves no output
+        file. To standard output (-) the plaintext streams out segment by segment.
 
         **Examples**
 
         * `ppml decrypt orders.csv.ppml orders.csv`
         * `ppml decrypt ./tpch-enc ./tpch-plain --workers 4`
+        * `ppml decrypt orders.csv.ppml - | head`: as a stream; the exit code says whether the whole file was
+          authentic (bytes before a damaged segment are already out)
         * `ppml decrypt ./bigdl-out ./plain --primary-key-plaintext env:BIGDL_PRIMARY_KEY`
         """
+        if dst == STDIO and as_json:
+            raise UsageError("--json cannot share standard output with the plaintext", hint="decrypt to a file")
         ring = keyring(keystore, passphrase_file,
                        bigdl_backends(primary_key_plaintext, kms, primary_key_file, insecure_allow_simple_kms))
         key = ring.open_data_key_file(str(data_key))[1] if data_key else None
         with byte_progress("decrypting", _total(src)) as advance:
-            report = files.decrypt(src, dst, keyring=ring, key=key, mode=mode, force=force, workers=workers,
-                                   progress=advance)
+            if dst == STDIO:
+                report = files.decrypt_stream(src, sys.stdout.buffer, keyring=ring, key=key, mode=mode,
+                                              progress=advance)
+            else:
+                report = files.decrypt(src, dst, keyring=ring, key=key, mode=mode, force=force, workers=workers,
+                                       progress=advance)
         if as_json:
             emit_json("decrypt", report.to_json())
         else:
