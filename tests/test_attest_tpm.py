@@ -418,3 +418,26 @@ def test_unknown_critical_extension_is_refused(tpm_env, quoted):
     fails(tpm_env.verifier(), changed(quoted.evidence, certificates=pems), r"critical extensions .*1\.3\.6\.1\.4\.1\.99999\.1")
     pems[0] = base.public_bytes(serialization.Encoding.PEM).decode()
     tpm_env.verifier().verify(changed(quoted.evidence, certificates=pems), at=now())  # the same without it
+
+
+def test_ak_certificate_extended_key_usage(tpm_env, quoted):
+    from cryptography import x509 as x
+    from cryptography.hazmat.primitives import hashes as h
+    from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
+
+    base = tpm_env.intermediate.issue(tpm_env.ak_public_key, "ppml-test-vm")
+
+    def with_usage(purposes):
+        builder = (x.CertificateBuilder().subject_name(base.subject).issuer_name(base.issuer)
+                   .public_key(tpm_env.ak_public_key).serial_number(x.random_serial_number())
+                   .not_valid_before(base.not_valid_before_utc).not_valid_after(base.not_valid_after_utc))
+        for ext in base.extensions:
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+        cert = builder.add_extension(x.ExtendedKeyUsage(purposes), critical=True).sign(tpm_env.intermediate.key,
+                                                                                        h.SHA256())
+        return [cert.public_bytes(serialization.Encoding.PEM).decode(), tpm_env.intermediate.path.read_text()]
+
+    aik = x.ObjectIdentifier("2.23.133.8.3")
+    tpm_env.verifier().verify(changed(quoted.evidence, certificates=with_usage([aik])), at=now())
+    fails(tpm_env.verifier(), changed(quoted.evidence, certificates=with_usage([EKU.SERVER_AUTH])),
+          r"extended key usage does not include attestation keys")

@@ -391,9 +391,42 @@ def test_broker_init_makes_a_folder_that_serves(tmp_path, monkeypatch):
         client = BrokerKms(process.url, attester="simulated", attester_settings={"claims": {"app": "my-job"}},
                            ca=str(process.pki.ca_path))
         assert client.unwrap(wrapped) == key
+        import ssl
+
+        strict = ssl.create_default_context(cafile=str(process.pki.ca_path))
+        strict.verify_flags |= ssl.VERIFY_X509_STRICT  # on by default from Python 3.13
+        assert httpx.get(f"{process.url}/v1/health", verify=strict).status_code == 200
     assert process.audit_entries()[1]["decision"] == "allow"
     # Without --simulated the folder still loads, and its placeholder SGX rule releases nothing.
     assert main(["broker", "init", str(tmp_path / "prod"), "--key-name", "tpch"]) == 0
     config = load_config(tmp_path / "prod" / "broker.yaml")
     assert "simulated" not in config.verifiers and [r.type for r in config.policies[0].rules] == ["sgx"]
     assert PASSPHRASE not in (tmp_path / "dev" / "broker.yaml").read_text()
+    # Names that could break or extend the YAML are refused; a half-initialised folder is never overwritten.
+    for bad in ('a", "local:other', "x #y", "a: b"):
+        assert main(["broker", "init", str(tmp_path / "bad"), "--key-name", bad]) == 2
+    (tmp_path / "partial" / "tls").mkdir(parents=True)
+    (tmp_path / "partial" / "tls" / "broker-key.pem").write_text("keep me")
+    assert main(["broker", "init", str(tmp_path / "partial"), "--key-name", "tpch"]) == 6
+    assert (tmp_path / "partial" / "tls" / "broker-key.pem").read_text() == "keep me"
+    assert not (tmp_path / "partial" / "tls" / "ca.pem").exists()
+    assert main(["broker", "init", str(tmp_path / "src"), "--passphrase-source", "-"]) == 2
+
+
+def test_broker_init_certificates_pass_strict_checks_and_name_the_clients_address(tmp_path):
+    from cryptography import x509
+
+    from ppml.broker.scaffold import create_broker_folder
+
+    made = create_broker_folder(tmp_path / "b", key_name="tpch", keystore="/ks.json", passphrase="env:P",
+                                hosts=["broker.internal"], listen="0.0.0.0")
+    assert made.url == "https://broker.internal:8443"
+    server = x509.load_pem_x509_certificates((tmp_path / "b" / "tls" / "broker.pem").read_bytes())[0]
+    assert server.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    assert server.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    specific = create_broker_folder(tmp_path / "c", key_name="tpch", keystore="/ks.json", passphrase="env:P",
+                                    listen="::1")
+    assert specific.url == "https://[::1]:8443"
+    alt = x509.load_pem_x509_certificates((tmp_path / "c" / "tls" / "broker.pem").read_bytes())[0].extensions
+    assert "::1" in {str(ip) for ip in alt.get_extension_for_class(x509.SubjectAlternativeName).value
+                     .get_values_for_type(x509.IPAddress)}

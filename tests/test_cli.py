@@ -340,3 +340,10 @@ def test_standard_input_and_output_streams(cli_ws):
     assert 0 < len(bad.stdout) < len(data) and data.startswith(bad.stdout)  # only authentic segments got out
     mixed = subprocess.run([*ppml, "decrypt", str(enc), "-", "--json"], env=env, capture_output=True)
     assert mixed.returncode == 2 and mixed.stdout == b""
+    # Standard input cannot carry both the data and a secret; '-' is never a file name here.
+    both = subprocess.run([*ppml, "encrypt", "-", str(cli_ws.root / "x.ppml"), "--data-key", str(cli_ws.root / "dk.json"),
+                           "--passphrase-file", "-"], input=b"pass\n" + data, env=env, capture_output=True)
+    assert both.returncode == 2 and b"cannot read it too" in both.stderr and not (cli_ws.root / "x.ppml").exists()
+    for args in (["encrypt", "-", "-", "--data-key", str(cli_ws.root / "dk.json")], ["decrypt", "-", "out.txt"]):
+        refused = subprocess.run([*ppml, *args], input=data, env=env, capture_output=True, cwd=cli_ws.root)
+        assert refused.returncode == 2 and not (cli_ws.root / "-").exists(), refused.stderr

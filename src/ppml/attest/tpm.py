@@ -45,7 +45,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, b64decode_field
 from ppml.attest.tpm_structures import (
@@ -94,15 +94,18 @@ def _common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
+_TCG_KP_AIK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.3")
 # Critical extensions a verifier may process here (RFC 5280 4.2: any other critical one means "refuse").
 _UNDERSTOOD = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
                ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CERTIFICATE_POLICIES}
 
 
-def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
+def _check_validity(cert: x509.Certificate, role: str, at: datetime, *, configured: bool = False) -> None:
+    """Validity at ``at``; and, for certificates the evidence brought (not the operator's configured CAs),
+    no critical extension this verifier does not understand."""
     name = cert.subject.rfc4514_string()
     unknown = [ext.oid.dotted_string for ext in cert.extensions if ext.critical and ext.oid not in _UNDERSTOOD]
-    if unknown:
+    if unknown and not configured:
         raise AttestationError(f"TPM certificate chain: the {role} {name!r} has critical extensions this "
                                f"verifier does not understand ({', '.join(unknown)})",
                                hint="a certificate with unknown critical extensions must be refused (RFC 5280)")
@@ -116,9 +119,9 @@ def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
             f"{cert.not_valid_before_utc.isoformat()}", hint="check the clocks of the attester and verifier")
 
 
-def _check_issuer(cert: x509.Certificate, role: str, at: datetime, below: int) -> None:
+def _check_issuer(cert: x509.Certificate, role: str, at: datetime, below: int, *, configured: bool = False) -> None:
     """``below`` is the number of CA certificates between this issuer and the AK certificate."""
-    _check_validity(cert, role, at)
+    _check_validity(cert, role, at, configured=configured)
     name = cert.subject.rfc4514_string()
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -160,6 +163,14 @@ def _verify_chain(ak_cert: x509.Certificate, intermediates: Sequence[x509.Certif
     """
     _check_validity(ak_cert, "AK certificate", at)
     try:
+        purposes = ak_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if not {_TCG_KP_AIK_CERTIFICATE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(purposes):
+            raise AttestationError("TPM certificate chain: the AK certificate's extended key usage does not "
+                                   "include attestation keys (tcg-kp-AIKCertificate, 2.23.133.8.3)",
+                                   hint="issue AK certificates for that purpose, or without extended key usage")
+    except x509.ExtensionNotFound:
+        pass
+    try:
         usage = ak_cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not usage.digital_signature:
             raise AttestationError("TPM certificate chain: the AK certificate does not allow digital signatures",
@@ -171,7 +182,7 @@ def _verify_chain(ak_cert: x509.Certificate, intermediates: Sequence[x509.Certif
         for anchor in anchors:
             verdict = _signed_by(current, anchor)
             if verdict:
-                _check_issuer(anchor, "CA certificate", at, depth)
+                _check_issuer(anchor, "CA certificate", at, depth, configured=True)
                 return
             if verdict is False:
                 mismatched.append(anchor.subject.rfc4514_string())

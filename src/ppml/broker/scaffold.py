@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +19,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ppml.errors import AlreadyExistsError
+from ppml.errors import AlreadyExistsError, UsageError
 from ppml.keys import secure_files
 
 __all__ = ["BrokerFolder", "create_broker_folder"]
 
 _CERT_DAYS = 365
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 _POLICY = """\
-# Release policy for {key}: which workloads may receive its data keys (docs/broker.md, "Release policies").
+# Release policy for {title}: which workloads may receive its data keys (docs/broker.md, "Release policies").
 # Evidence must meet every requirement of one rule of its type; types not listed are refused.
 name: {name}
-keys: ["{key}"]
+keys: [{key}]
 release_lifetime: 10m
 allow:
 {simulated}  # An SGX enclave: replace the placeholder with your enclave's signer (or pin mrenclave).
@@ -54,10 +57,10 @@ _SIMULATED_RULE = """\
 """
 _CONFIG = """\
 # ppml key broker configuration (docs/broker.md, "Configuration"). Relative paths are relative to this file.
-listen: {{host: "{listen}", port: {port}}}
+listen: {{host: {listen}, port: {port}}}
 tls: {{certificate: tls/broker.pem, private_key: tls/broker-key.pem}}
 kms:
-  - {{backend: local, keystore: "{keystore}", passphrase: "{passphrase}"}}
+  - {{backend: local, keystore: {keystore}, passphrase: {passphrase}}}
 verifiers:
   sgx: {{}}
   tdx: {{}}
@@ -88,6 +91,7 @@ def _certificates(names: list[str]) -> tuple[bytes, bytes, bytes]:
           .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                        data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                        crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
@@ -103,37 +107,60 @@ def _certificates(names: list[str]) -> tuple[bytes, bytes, bytes]:
               .add_extension(x509.SubjectAlternativeName(alt), critical=False)
               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
               .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     return (ca.public_bytes(pem), server.public_bytes(pem),
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-def create_broker_folder(folder: str | Path, *, key_reference: str, keystore: str, passphrase: str,
+def _url(host: str, port: int) -> str:
+    try:
+        return f"https://[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"https://{host}:{port}"
+    except ValueError:
+        return f"https://{host}:{port}"
+
+
+def create_broker_folder(folder: str | Path, *, key_name: str, keystore: str, passphrase: str,
                          hosts: list[str] | None = None, listen: str = "127.0.0.1", port: int = 8443,
                          simulated: bool = False) -> BrokerFolder:
     """Write ``broker.yaml``, ``tls/`` (CA, server certificate, 0600 key) and ``policies/<key>.yaml``.
 
-    ``passphrase`` is the key store passphrase *source* (``env:VAR``, ``file:PATH``...), never a value.
-    Refuses to overwrite an existing ``broker.yaml``.
+    The broker releases data keys of the local key store's primary key ``key_name``. ``passphrase`` is the
+    key store passphrase *source* (``env:VAR``, ``file:PATH``...), never a value. ``hosts`` are the names
+    clients use (the certificate covers them and a specific ``listen`` address). Refuses to overwrite any
+    file.
     """
+    if not _KEY_NAME.match(key_name):
+        raise UsageError(f"invalid key name {key_name!r}", hint="use letters, digits, '-', '_' and '.'")
     folder = Path(folder)
-    config = folder / "broker.yaml"
-    if config.exists():
-        raise AlreadyExistsError(f"{config} already exists", hint="choose another folder, or edit that one")
-    names = hosts or ["localhost", "127.0.0.1", socket.gethostname()]
-    ca_pem, cert_pem, key_pem = _certificates(list(dict.fromkeys(names)))
+    wildcard = listen in ("0.0.0.0", "::")
+    names = list(dict.fromkeys((hosts or ["localhost", "127.0.0.1", socket.gethostname()])
+                               + ([] if wildcard else [listen])))
+    for name in names:
+        if not name or len(name) > 253 or not name.isascii():
+            raise UsageError(f"invalid host name {name!r} for the broker's certificate",
+                             hint="give DNS names or IP addresses with --host")
+    policy = folder / "policies" / f"{key_name}.yaml"
+    targets = [folder / "broker.yaml", folder / "tls" / "ca.pem", folder / "tls" / "broker.pem",
+               folder / "tls" / "broker-key.pem", policy]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise AlreadyExistsError(f"{', '.join(existing)} already exist(s)",
+                                 hint="choose another folder, or edit the files there")
+    ca_pem, cert_pem, key_pem = _certificates(names)
     (folder / "tls").mkdir(parents=True, exist_ok=True)
+    secure_files.write_private(folder / "tls" / "broker-key.pem", key_pem)
     (folder / "tls" / "ca.pem").write_bytes(ca_pem)
     (folder / "tls" / "broker.pem").write_bytes(cert_pem + ca_pem)
-    secure_files.write_private(folder / "tls" / "broker-key.pem", key_pem)
-    policy_name = key_reference.split(":", 1)[-1].replace("/", "-") or "keys"
-    policy = folder / "policies" / f"{policy_name}.yaml"
     policy.parent.mkdir(exist_ok=True)
-    policy.write_text(_POLICY.format(name=policy_name, key=key_reference,
+    reference = f"local:{key_name}"
+    policy.write_text(_POLICY.format(title=reference, name=json.dumps(key_name), key=json.dumps(reference),
                                      simulated=_SIMULATED_RULE if simulated else ""))
     (folder / "audit").mkdir(mode=0o700, exist_ok=True)
-    config.write_text(_CONFIG.format(listen=listen, port=port, keystore=keystore, passphrase=passphrase,
-                                     simulated="  simulated: {}  # DEVELOPMENT ONLY\n" if simulated else ""))
-    host = names[0] if listen in ("0.0.0.0", "::") else listen
-    return BrokerFolder(config, folder / "tls" / "ca.pem", policy, f"https://{host}:{port}")
+    (folder / "broker.yaml").write_text(_CONFIG.format(
+        listen=json.dumps(listen), port=port, keystore=json.dumps(keystore), passphrase=json.dumps(passphrase),
+        simulated="  simulated: {}  # DEVELOPMENT ONLY\n" if simulated else ""))
+    client_host = names[0] if hosts or wildcard else listen
+    return BrokerFolder(folder / "broker.yaml", folder / "tls" / "ca.pem", policy, _url(client_host, port))

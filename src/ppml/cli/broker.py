@@ -45,13 +45,15 @@ def init(
     * `ppml broker init /etc/ppml-broker --key-name tpch --listen 0.0.0.0 --host broker.internal`
     """
     from ppml.broker.scaffold import create_broker_folder
+    from ppml.errors import UsageError
     from ppml.keys.local import default_keystore_path
-    from ppml.keys.settings import read_secret_source
 
-    if passphrase_source.partition(":")[0] not in ("env", "file", "azure-secret"):
-        read_secret_source(passphrase_source, what="key store passphrase")  # raises the usual explanation
+    kind, _, rest = passphrase_source.partition(":")
+    if kind not in ("env", "file", "azure-secret") or not rest:
+        raise UsageError(f"--passphrase-source {passphrase_source!r} is not a source the broker can read",
+                         hint="env:VAR, file:PATH or azure-secret:VAULT/NAME (the broker reads it when it starts)")
     store = (keystore or default_keystore_path()).expanduser().resolve()
-    made = create_broker_folder(folder, key_reference=f"local:{key_name}", keystore=str(store),
+    made = create_broker_folder(folder, key_name=key_name, keystore=str(store),
                                 passphrase=passphrase_source, hosts=host, listen=listen, port=port,
                                 simulated=simulated)
     err.print(f"Created {made.config}, TLS certificates in {made.ca_certificate.parent} and the policy {made.policy}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppml.cli._common import (
+    PASSPHRASE_SOURCE_ENV,
     BigdlKmsOpt,
     ClientIdOpt,
     ForceOpt,
@@ -51,6 +53,17 @@ def _total(path: str) -> int:
     return sum(size for _, size in locate(path).files())
 
 
+def _refuse_stdin_secrets(passphrase_file: Path | None, primary_key_plaintext: str | None) -> None:
+    """Standard input carries the data: a secret read from it too would swallow the start of the data."""
+    sources = {"--passphrase-file": str(passphrase_file) if passphrase_file else None,
+               "--primary-key-plaintext": primary_key_plaintext,
+               PASSPHRASE_SOURCE_ENV: os.environ.get(PASSPHRASE_SOURCE_ENV)}
+    for name, value in sources.items():
+        if value == STDIO:
+            raise UsageError(f"standard input carries the data to encrypt, so {name} cannot read it too",
+                             hint="give the secret as a file (file:PATH) or an environment variable (env:VAR)")
+
+
 def _summary(report: files.Report, verb: str) -> None:
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
     err.print(f"{verb} {report.files} file(s), {report.bytes:,} bytes in {report.seconds:.2f} s ({rate:,.0f} MB/s).")
@@ -90,6 +103,11 @@ def register(app: typer.Typer) -> None:
         """
         if data_key is None:
             raise UsageError("encrypt needs --data-key FILE", hint="create one with 'ppml keys data-key --out FILE'")
+        if dst == STDIO:
+            raise UsageError("encrypt writes to a file or folder, not to standard output",
+                             hint="name the encrypted file, e.g. ppml encrypt - data.csv.ppml --data-key dk.json")
+        if src == STDIO:
+            _refuse_stdin_secrets(passphrase_file, primary_key_plaintext)
         fmt = get_format(mode or DEFAULT_FORMAT)
         ring = keyring(keystore, passphrase_file,
                        bigdl_backends(primary_key_plaintext, kms, primary_key_file, insecure_allow_simple_kms))
@@ -148,6 +166,9 @@ def register(app: typer.Typer) -> None:
           authentic (bytes before a damaged segment are already out)
         * `ppml decrypt ./bigdl-out ./plain --primary-key-plaintext env:BIGDL_PRIMARY_KEY`
         """
+        if src == STDIO:
+            raise UsageError("decrypt reads a file or folder, not standard input",
+                             hint="save the encrypted stream to a file first; decrypting to standard output works")
         if dst == STDIO and as_json:
             raise UsageError("--json cannot share standard output with the plaintext", hint="decrypt to a file")
         ring = keyring(keystore, passphrase_file,

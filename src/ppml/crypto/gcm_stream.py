@@ -194,6 +194,9 @@ def replace_envelope(raw: BinaryIO, header: StreamHeader, envelope: Sequence[Wra
     return True
 
 
+_INITIAL_BUFFER = 64 * 1024
+
+
 class EncryptingWriter(SealingWriter):
     """A binary file object that encrypts what is written to it into ``raw``.
 
@@ -229,10 +232,11 @@ class EncryptingWriter(SealingWriter):
         self._cipher = SegmentCipher(key.unsafe_material(), salt, prefix, authenticated)
         self._raw = raw
         self._raw.write(encode_header(authenticated, envelope) + body_header)
-        # One plaintext segment, reused: growing and clearing a bytearray per segment made the kernel map
-        # and unmap a fresh MiB every time (a page-fault storm that halved encrypt speed). The ciphertext is
+        # One plaintext segment, reused (grown up to a segment while the first one fills): growing and
+        # clearing a bytearray per segment made the kernel map and unmap a fresh MiB every time (a
+        # page-fault storm that halved encrypt speed). The ciphertext is
         # a fresh bytes object per segment, so no sink can ever see it change after write().
-        self._plain = bytearray(self._layout.plain_capacity(1))
+        self._plain = bytearray(min(self._layout.plain_capacity(1), _INITIAL_BUFFER))
         self._fill = 0
         self._index = 0
         self._written = 0
@@ -261,6 +265,9 @@ class EncryptingWriter(SealingWriter):
                 view = view[capacity:]
                 continue
             take = min(capacity - self._fill, len(view))
+            if self._fill + take > len(self._plain):  # small files never pay for a whole segment
+                grown = min(self._layout.plain_capacity(1), max(2 * len(self._plain), self._fill + take))
+                self._plain.extend(bytes(grown - len(self._plain)))
             self._plain[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
