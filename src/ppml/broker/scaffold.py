@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ppml.errors import AlreadyExistsError, UsageError
 from ppml.keys import secure_files
 
-__all__ = ["BrokerFolder", "create_broker_folder"]
+__all__ = ["BrokerFolder", "create_broker_folder", "write_tls_files"]
 
 _CERT_DAYS = 365
 _KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -115,6 +115,18 @@ def _certificates(names: list[str]) -> tuple[bytes, bytes, bytes]:
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
+def write_tls_files(folder: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """``ca.pem``, ``broker.pem`` (server certificate for ``names``, then the CA) and ``broker-key.pem``
+    (0600) in ``folder``; returns their paths."""
+    ca_pem, cert_pem, key_pem = _certificates(names)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "ca.pem", folder / "broker.pem", folder / "broker-key.pem"
+    secure_files.write_private(paths[2], key_pem)
+    paths[0].write_bytes(ca_pem)
+    paths[1].write_bytes(cert_pem + ca_pem)
+    return paths
+
+
 def _url(host: str, port: int) -> str:
     try:
         return f"https://[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"https://{host}:{port}"
@@ -149,11 +161,7 @@ def create_broker_folder(folder: str | Path, *, key_name: str, keystore: str, pa
     if existing:
         raise AlreadyExistsError(f"{', '.join(existing)} already exist(s)",
                                  hint="choose another folder, or edit the files there")
-    ca_pem, cert_pem, key_pem = _certificates(names)
-    (folder / "tls").mkdir(parents=True, exist_ok=True)
-    secure_files.write_private(folder / "tls" / "broker-key.pem", key_pem)
-    (folder / "tls" / "ca.pem").write_bytes(ca_pem)
-    (folder / "tls" / "broker.pem").write_bytes(cert_pem + ca_pem)
+    write_tls_files(folder / "tls", names)
     policy.parent.mkdir(exist_ok=True)
     reference = f"local:{key_name}"
     policy.write_text(_POLICY.format(title=reference, name=json.dumps(key_name), key=json.dumps(reference),
