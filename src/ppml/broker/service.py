@@ -20,7 +20,6 @@ from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, o
 from ppml.attest.policy import Policy
 from ppml.broker.audit import AuditLog
 from ppml.broker.config import BrokerConfig
-from ppml.broker.keycache import KeyCache
 from ppml.broker.nonces import NONCE_SIZE, NonceBook
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
@@ -33,6 +32,7 @@ from ppml.keys.broker_protocol import (
     seal_data_key,
     unb64,
 )
+from ppml.keys.expiring_keys import ExpiringKeys
 from ppml.keys.kms import KeyManagementService, open_kms
 
 __all__ = ["BrokerService", "Refusal", "open_backends"]
@@ -79,7 +79,7 @@ class BrokerService:
         self.counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
         self.nonces = NonceBook(config.limits.nonce_lifetime)
-        self.keys = KeyCache(config.key_cache)
+        self.keys = ExpiringKeys()
         if "simulated" in self.verifiers:
             log.warning("SIMULATED ATTESTATION IS ENABLED: evidence of type 'simulated' proves nothing; keys "
                         "governed by a policy that allows it are released to any caller")
@@ -190,7 +190,7 @@ class BrokerService:
             return self._deny(entry, names, f"this broker holds no {wrapped.kms!r} key management service",
                               "unknown-key")
         try:
-            key = self.keys.get(wrapped, lambda w: self._kms_unwrap(backend, w))
+            key = self._unwrap(backend, wrapped)
         except PpmlError as exc:
             return self._deny(entry, names, f"cannot unwrap: {exc.message}", "unwrap")
         lifetime = min(d.lifetime for d in decisions)
@@ -208,10 +208,16 @@ class BrokerService:
         self.count("denied")
         return {"key": entry["key"], "version": entry["version"], "status": "denied", "code": code, "reason": reason}
 
-    def _kms_unwrap(self, backend: KeyManagementService, wrapped: WrappedKey) -> DataKey:
-        key = backend.unwrap(wrapped)
-        self.count("kms_unwraps")
-        return key
+    def _unwrap(self, backend: KeyManagementService, wrapped: WrappedKey) -> DataKey:
+        """Through the key cache (``key_cache`` seconds), so KMS calls follow distinct keys."""
+        def kms_unwrap() -> tuple[DataKey, float]:
+            key = backend.unwrap(wrapped)
+            self.count("kms_unwraps")
+            return key, self.config.key_cache
+
+        if self.config.key_cache <= 0:  # no cache: concurrent releases need not wait for each other
+            return kms_unwrap()[0]
+        return self.keys.get((wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped), kms_unwrap)[0]
 
     def close(self) -> str:
         """Forget cached keys, close the audit log; returns its head hash."""

@@ -29,14 +29,14 @@ from ppml.keys.broker_protocol import (
     release_info,
     unb64,
 )
+from ppml.keys.expiring_keys import ExpiringKeys
 from ppml.keys.kms import KeyManagementService
 
 __all__ = ["BrokerKms", "release_counters", "clear_releases"]
 
 _EXPIRY_MARGIN = 0.9  # re-attest a little before the broker's lifetime ends
 _MAX_RETRIES = 5
-_RELEASES: dict[tuple[str, str, str, str, bytes], tuple[DataKey, float]] = {}
-_RELEASES_LOCK = threading.Lock()
+_RELEASES = ExpiringKeys()
 _COUNTERS: Counter[str] = Counter()
 
 
@@ -55,8 +55,7 @@ def release_counters() -> dict[str, int]:
 
 def clear_releases() -> None:
     """Forget every key the broker released to this process."""
-    with _RELEASES_LOCK:
-        _RELEASES.clear()
+    _RELEASES.clear()
 
 
 class BrokerKms(KeyManagementService):
@@ -102,7 +101,6 @@ class BrokerKms(KeyManagementService):
         self.timeout = timeout
         self._client = None
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple, threading.Lock] = {}
 
     def __repr__(self) -> str:
         return f"BrokerKms(url={self.url!r}, attester={self.attester_name!r})"
@@ -119,19 +117,15 @@ class BrokerKms(KeyManagementService):
                                "'ppml keys data-key --kms pkcs11 ...', and read them through the broker")
 
     def unwrap(self, wrapped: WrappedKey) -> DataKey:
-        cache_key = (self.url, wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped)
-        with self._lock:
-            key_lock = self._key_locks.setdefault(cache_key, threading.Lock())
-        with key_lock:  # one attestation per key even when many tasks of this process ask at once
-            with _RELEASES_LOCK:
-                cached = _RELEASES.get(cache_key)
-            if cached is not None and cached[1] > time.monotonic():
-                _COUNTERS["cache_hits"] += 1
-                return cached[0]
+        def release() -> tuple[DataKey, float]:
             key, lifetime = self._release(wrapped)
-            with _RELEASES_LOCK:
-                _RELEASES[cache_key] = (key, time.monotonic() + lifetime * _EXPIRY_MARGIN)
-            return key
+            return key, lifetime * _EXPIRY_MARGIN
+
+        # One attestation per key even when many tasks of this process ask at once.
+        key, fetched = _RELEASES.get((self.url, wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped), release)
+        if not fetched:
+            _COUNTERS["cache_hits"] += 1
+        return key
 
     def close(self) -> None:
         """Close the connection to the broker (released keys stay cached until they expire)."""
