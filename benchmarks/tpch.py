@@ -312,7 +312,7 @@ def _recheck_trimmed(variant: Variant, number: int, tables, oracle) -> list[str]
     Likewise a one-column row holding null is written as an empty line, which Spark's CSV reader skips (Q17
     at small scales, whose answer is one null), so such rows are left out of the expectation.
     """
-    from ppml.tpch.oracle import compare
+    from ppml.tpch.comparison import compare
     from ppml.tpch.queries import run_query
     from ppml.tpch.spec import query_label
 

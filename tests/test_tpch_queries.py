@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("duckdb")
 
 from ppml.tpch import gen  # noqa: E402
-from ppml.tpch.oracle import Oracle, compare  # noqa: E402
+from ppml.tpch.comparison import compare  # noqa: E402
+from ppml.tpch.oracle import Oracle  # noqa: E402
 from ppml.tpch.spec import SPECS  # noqa: E402
 
 SCALE = 0.01

@@ -1,11 +1,13 @@
 """The TPC-H workload: data generation, the 22 queries as PySpark DataFrames, and a DuckDB oracle.
 
-- :mod:`ppml.tpch.schema` -- the eight tables' columns, Spark and Arrow schemas, ``.tbl`` file naming;
+- :mod:`ppml.tpch.schema` -- the eight tables' columns, Spark and Arrow schemas, DuckDB types, ``.tbl`` file
+  naming;
 - :mod:`ppml.tpch.gen` -- ``generate(scale, out_dir)`` with tpchgen-cli;
 - :mod:`ppml.tpch.spec` -- per-query output columns, ORDER BY, LIMIT and substitution parameters;
 - :mod:`ppml.tpch.tables` -- :class:`Tables` (the tables by name) and Spark's reading of ``.tbl`` files;
 - :mod:`ppml.tpch.queries` -- ``QUERIES``, ``COLUMNS_USED``, ``run_query`` (needs pyspark);
-- :mod:`ppml.tpch.oracle` -- DuckDB running the specification's SQL, and ``compare`` (needs duckdb).
+- :mod:`ppml.tpch.oracle` -- DuckDB running the specification's SQL (``sql/*.sql``; needs duckdb);
+- :mod:`ppml.tpch.comparison` -- ``compare``, an engine's answer against the expected one, within tolerances.
 
 Nothing here prints: functions return data and the command line presents it. Submodules needing pyspark
 or duckdb are imported only when used.
@@ -40,7 +42,7 @@ _LAZY = {
     "COLUMNS_USED": "ppml.tpch.queries",
     "run_query": "ppml.tpch.queries",
     "oracle_answer": "ppml.tpch.oracle",
-    "compare": "ppml.tpch.oracle",
+    "compare": "ppml.tpch.comparison",
 }
 
 

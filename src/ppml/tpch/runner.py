@@ -96,7 +96,7 @@ def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: 
     (decrypted) and compared value by value with it. ``spark_writer`` writes plaintext results with
     Spark's own CSV writer instead (the baseline).
     """
-    from ppml.tpch.oracle import compare
+    from ppml.tpch.comparison import compare
 
     runs: list[QueryRun] = []
     for number in queries:

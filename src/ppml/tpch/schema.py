@@ -1,10 +1,13 @@
-"""The eight TPC-H tables: dbgen column names and types, as Spark and Arrow schemas, and their file names.
+"""The eight TPC-H tables: dbgen column names and types, as Spark and Arrow schemas and DuckDB column
+types, and their file names.
 
 Types follow BigDL's TPC-H example (itself from ``tpch-spark``): keys as 64-bit integers, small counts as
 32-bit integers, money, quantities, discounts and taxes as doubles; dates are real dates and text is text.
 :func:`arrow_schema` gives exactly the Arrow types Spark expects for :func:`spark_schema` (``int64``,
 ``int32``, ``float64``, ``date32``, ``string`` -- never ``large_string``), which is what a Python data
-source must yield.
+source must yield. :func:`duckdb_columns` gives the specification's own types (clause 1.4.1) for the
+DuckDB oracle instead: ``DECIMAL(15,2)`` where Spark has doubles, ``INTEGER`` keys except the ``BIGINT``
+order keys.
 
 Inputs are dbgen-style ``.tbl`` files: ``|``-separated, no header, no quoting, and every row ends with a
 trailing ``|`` (so a CSV reader sees one extra, empty column: :data:`TRAILING_COLUMN`). A table may be one
@@ -33,6 +36,7 @@ __all__ = [
     "column_names",
     "spark_schema",
     "arrow_schema",
+    "duckdb_columns",
     "table_files",
 ]
 
@@ -49,9 +53,10 @@ TABLE_FILES: dict[str, str] = {name: f"{name}.tbl*" for name in TABLE_NAMES}
 #: ``TABLES``: ``<table>`` -> ``[(column, Spark DataType), ...]`` in dbgen column order. It is a plain
 #: dict built on first access (importing this module does not need pyspark; reading ``TABLES`` does).
 
-# Logical column types, turned into Spark / Arrow types on demand so that importing this module needs
-# neither pyspark nor pyarrow.
-_KEY, _INT, _DOUBLE, _DATE, _TEXT = "key", "int", "double", "date", "text"
+# Logical column types, turned into Spark / Arrow / DuckDB types on demand so that importing this module
+# needs none of pyspark, pyarrow and duckdb. Order keys are a kind of their own for DuckDB alone: they are
+# sparse, up to 6,000,000 x SF, and pass 2**31 from SF 358 on, far sooner than the other keys.
+_KEY, _ORDER_KEY, _INT, _DECIMAL, _DATE, _TEXT = "key", "order key", "int", "decimal", "date", "text"
 
 _COLUMNS: dict[str, list[tuple[str, str]]] = {
     "region": [
@@ -62,28 +67,28 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
     ],
     "supplier": [
         ("s_suppkey", _KEY), ("s_name", _TEXT), ("s_address", _TEXT), ("s_nationkey", _KEY),
-        ("s_phone", _TEXT), ("s_acctbal", _DOUBLE), ("s_comment", _TEXT),
+        ("s_phone", _TEXT), ("s_acctbal", _DECIMAL), ("s_comment", _TEXT),
     ],
     "customer": [
         ("c_custkey", _KEY), ("c_name", _TEXT), ("c_address", _TEXT), ("c_nationkey", _KEY),
-        ("c_phone", _TEXT), ("c_acctbal", _DOUBLE), ("c_mktsegment", _TEXT), ("c_comment", _TEXT),
+        ("c_phone", _TEXT), ("c_acctbal", _DECIMAL), ("c_mktsegment", _TEXT), ("c_comment", _TEXT),
     ],
     "part": [
         ("p_partkey", _KEY), ("p_name", _TEXT), ("p_mfgr", _TEXT), ("p_brand", _TEXT), ("p_type", _TEXT),
-        ("p_size", _INT), ("p_container", _TEXT), ("p_retailprice", _DOUBLE), ("p_comment", _TEXT),
+        ("p_size", _INT), ("p_container", _TEXT), ("p_retailprice", _DECIMAL), ("p_comment", _TEXT),
     ],
     "partsupp": [
-        ("ps_partkey", _KEY), ("ps_suppkey", _KEY), ("ps_availqty", _INT), ("ps_supplycost", _DOUBLE),
+        ("ps_partkey", _KEY), ("ps_suppkey", _KEY), ("ps_availqty", _INT), ("ps_supplycost", _DECIMAL),
         ("ps_comment", _TEXT),
     ],
     "orders": [
-        ("o_orderkey", _KEY), ("o_custkey", _KEY), ("o_orderstatus", _TEXT), ("o_totalprice", _DOUBLE),
+        ("o_orderkey", _ORDER_KEY), ("o_custkey", _KEY), ("o_orderstatus", _TEXT), ("o_totalprice", _DECIMAL),
         ("o_orderdate", _DATE), ("o_orderpriority", _TEXT), ("o_clerk", _TEXT), ("o_shippriority", _INT),
         ("o_comment", _TEXT),
     ],
     "lineitem": [
-        ("l_orderkey", _KEY), ("l_partkey", _KEY), ("l_suppkey", _KEY), ("l_linenumber", _INT),
-        ("l_quantity", _DOUBLE), ("l_extendedprice", _DOUBLE), ("l_discount", _DOUBLE), ("l_tax", _DOUBLE),
+        ("l_orderkey", _ORDER_KEY), ("l_partkey", _KEY), ("l_suppkey", _KEY), ("l_linenumber", _INT),
+        ("l_quantity", _DECIMAL), ("l_extendedprice", _DECIMAL), ("l_discount", _DECIMAL), ("l_tax", _DECIMAL),
         ("l_returnflag", _TEXT), ("l_linestatus", _TEXT), ("l_shipdate", _DATE), ("l_commitdate", _DATE),
         ("l_receiptdate", _DATE), ("l_shipinstruct", _TEXT), ("l_shipmode", _TEXT), ("l_comment", _TEXT),
     ],
@@ -93,15 +98,19 @@ _COLUMNS: dict[str, list[tuple[str, str]]] = {
 def _spark_type(kind: str) -> DataType:
     from pyspark.sql import types as T
 
-    return {_KEY: T.LongType(), _INT: T.IntegerType(), _DOUBLE: T.DoubleType(), _DATE: T.DateType(),
-            _TEXT: T.StringType()}[kind]
+    return {_KEY: T.LongType(), _ORDER_KEY: T.LongType(), _INT: T.IntegerType(), _DECIMAL: T.DoubleType(),
+            _DATE: T.DateType(), _TEXT: T.StringType()}[kind]
 
 
 def _arrow_type(kind: str) -> pyarrow.DataType:
     import pyarrow as pa
 
-    return {_KEY: pa.int64(), _INT: pa.int32(), _DOUBLE: pa.float64(), _DATE: pa.date32(),
-            _TEXT: pa.string()}[kind]
+    return {_KEY: pa.int64(), _ORDER_KEY: pa.int64(), _INT: pa.int32(), _DECIMAL: pa.float64(),
+            _DATE: pa.date32(), _TEXT: pa.string()}[kind]
+
+
+_DUCKDB_TYPES: dict[str, str] = {_KEY: "INTEGER", _ORDER_KEY: "BIGINT", _INT: "INTEGER",
+                                 _DECIMAL: "DECIMAL(15,2)", _DATE: "DATE", _TEXT: "VARCHAR"}
 
 
 _TABLES: dict[str, list[tuple[str, DataType]]] | None = None
@@ -162,6 +171,27 @@ def arrow_schema(table: str, columns: Sequence[str] | None = None) -> pyarrow.Sc
     import pyarrow as pa
 
     return pa.schema([pa.field(c, _arrow_type(k), nullable=True) for c, k in _pick(table, columns)])
+
+
+def duckdb_columns(table: str) -> list[tuple[str, str]]:
+    """The columns of ``table`` with the specification's SQL types, as DuckDB spells them.
+
+    Parameters
+    ----------
+    table : str
+        One of :data:`TABLE_NAMES`.
+
+    Returns
+    -------
+    list of (str, str)
+        ``(column, type)`` in file order, e.g. ``("o_totalprice", "DECIMAL(15,2)")``.
+
+    Raises
+    ------
+    UsageError
+        If ``table`` is not a TPC-H table.
+    """
+    return [(c, _DUCKDB_TYPES[k]) for c, k in _COLUMNS[_check_table(table)]]
 
 
 def _natural(path: Path) -> tuple:
