@@ -63,8 +63,9 @@ from ppml.errors import (  # noqa: E402
 )
 from ppml.io import files  # noqa: E402
 from ppml.io.storage import locate  # noqa: E402
-from ppml.keys import azure as azkv  # noqa: E402
-from ppml.keys.azure import AzureKeyVaultKms, BigdlAzureKms  # noqa: E402
+from ppml.keys import azure_secrets, azure_vault  # noqa: E402
+from ppml.keys.azure import AzureKeyVaultKms  # noqa: E402
+from ppml.keys.bigdl_azure import BigdlAzureKms  # noqa: E402
 from ppml.keys.keyring import KeyRing, clear_cache  # noqa: E402
 from ppml.keys.kms import kms_class, open_kms  # noqa: E402
 from ppml.keys.settings import KeySettings, read_secret_source  # noqa: E402
@@ -166,17 +167,17 @@ def test_rotation_adds_versions_and_old_ones_keep_unwrapping(keyvault):
 
 
 def test_names_urls_and_existing_keys(keyvault, monkeypatch):
-    assert azkv.vault_url("kv1") == "https://kv1.vault.azure.net"
-    assert azkv.vault_url("KV1.vault.azure.net") == "https://kv1.vault.azure.net"
-    assert azkv.vault_url("https://kv1.vault.azure.net/") == "https://kv1.vault.azure.net"
-    assert azkv.vault_url("hsm1", managed_hsm=True) == "https://hsm1.managedhsm.azure.net"
+    assert azure_vault.vault_url("kv1") == "https://kv1.vault.azure.net"
+    assert azure_vault.vault_url("KV1.vault.azure.net") == "https://kv1.vault.azure.net"
+    assert azure_vault.vault_url("https://kv1.vault.azure.net/") == "https://kv1.vault.azure.net"
+    assert azure_vault.vault_url("hsm1", managed_hsm=True) == "https://hsm1.managedhsm.azure.net"
     for bad in ("http://kv1.vault.azure.net", "https://kv1.vault.azure.net/keys/x", "k", "kv_1", "a" * 25):
         with pytest.raises(ConfigError):
-            azkv.vault_url(bad)
-    monkeypatch.delenv(azkv.VAULT_ENV, raising=False)
+            azure_vault.vault_url(bad)
+    monkeypatch.delenv(azure_vault.VAULT_ENV, raising=False)
     with pytest.raises(ConfigError, match="PPML_AZURE_VAULT"):
         AzureKeyVaultKms(credential=StaticTokenCredential(TOKEN))
-    monkeypatch.setenv(azkv.VAULT_ENV, "kv2")
+    monkeypatch.setenv(azure_vault.VAULT_ENV, "kv2")
     assert AzureKeyVaultKms(credential=StaticTokenCredential(TOKEN)).vault_url == "https://kv2.vault.azure.net"
 
     kms = make_kms(keyvault)
@@ -265,7 +266,7 @@ def test_forbidden_names_identity_permission_and_command(keyvault):
     assert "'create'" in info.value.message and "Key Vault Crypto Officer" in info.value.hint
     keyvault.deny("secrets", "get")
     with pytest.raises(KeyAccessError) as info:
-        azkv.get_secret(keyvault.url, "pw", **options(keyvault))
+        azure_secrets.get_secret(keyvault.url, "pw", **options(keyvault))
     assert "--secret-permissions get" in info.value.message and "Key Vault Secrets User" in info.value.hint
 
 
@@ -355,7 +356,7 @@ def test_production_path_in_process(keyvault, azure_identity_env, monkeypatch):
     assert "az keyvault show -n kv404" in info.value.hint
 
     # the key store passphrase and other secrets as azure-secret: sources, and KeySettings for executors
-    azkv.set_secret("kv1", "keystore-pass", "Tr0ub4dor-from-key-vault")
+    azure_secrets.set_secret("kv1", "keystore-pass", "Tr0ub4dor-from-key-vault")
     assert read_secret_source("azure-secret:kv1/keystore-pass", what="pw") == "Tr0ub4dor-from-key-vault"
     assert read_secret_source("azure-secret:https://kv1.vault.azure.net/secrets/keystore-pass",
                               what="pw") == "Tr0ub4dor-from-key-vault"
@@ -373,7 +374,7 @@ def test_production_path_in_process(keyvault, azure_identity_env, monkeypatch):
 
 def test_bigdl_azure_known_answer_and_cbc_file(keyvault, tmp_path):
     assert kms_class("AzureKeyManagementService") is AzureKeyVaultKms
-    assert kms_class("bigdl-azure") is BigdlAzureKms
+    assert kms_class("bigdl-azure") is BigdlAzureKms and BigdlAzureKms.data_key_kind == "bigdl"
     make_kms(keyvault).create_key("bigdl")  # RSA-2048, as BigDL's guide creates
     version = make_kms(keyvault).describe_key("bigdl").current_version
     key_url = f"{keyvault.url}/keys/bigdl/{version}"
@@ -418,22 +419,22 @@ def test_bigdl_azure_known_answer_and_cbc_file(keyvault, tmp_path):
 
 def test_secrets_set_get_versions_and_generate(keyvault):
     opts = options(keyvault)
-    url, v1 = azkv.set_secret(keyvault.url, "key-pass", "first", **opts)
-    assert url == keyvault.url and azkv.secret_exists(keyvault.url, "key-pass", **opts) == v1
-    _, v2 = azkv.set_secret(keyvault.url, "key-pass", "second", **opts)
-    assert azkv.get_secret(keyvault.url, "key-pass", **opts) == "second"
-    assert azkv.get_secret(keyvault.url, "key-pass", version=v1, **opts) == "first" and v1 != v2
-    assert azkv.secret_exists(keyvault.url, "nope", **opts) is None
+    url, v1 = azure_secrets.set_secret(keyvault.url, "key-pass", "first", **opts)
+    assert url == keyvault.url and azure_secrets.secret_exists(keyvault.url, "key-pass", **opts) == v1
+    _, v2 = azure_secrets.set_secret(keyvault.url, "key-pass", "second", **opts)
+    assert azure_secrets.get_secret(keyvault.url, "key-pass", **opts) == "second"
+    assert azure_secrets.get_secret(keyvault.url, "key-pass", version=v1, **opts) == "first" and v1 != v2
+    assert azure_secrets.secret_exists(keyvault.url, "nope", **opts) is None
     with pytest.raises(NotFoundError, match="no secret 'nope'"):
-        azkv.get_secret(keyvault.url, "nope", **opts)
-    assert azkv.read_secret_reference(f"{keyvault.url}/secrets/key-pass/{v1}", **opts) == "first"
+        azure_secrets.get_secret(keyvault.url, "nope", **opts)
+    assert azure_secrets.read_secret_reference(f"{keyvault.url}/secrets/key-pass/{v1}", **opts) == "first"
     with pytest.raises(UsageError):
-        azkv.set_secret(keyvault.url, "bad name", "x", **opts)
-    passwords = {azkv.generate_password(32) for _ in range(20)}
+        azure_secrets.set_secret(keyvault.url, "bad name", "x", **opts)
+    passwords = {azure_secrets.generate_password(32) for _ in range(20)}
     assert len(passwords) == 20 and all(len(p) == 32 and p.replace("-", "").replace("_", "").isalnum()
                                         for p in passwords)
     with pytest.raises(ValueError):
-        azkv.generate_password(8)
+        azure_secrets.generate_password(8)
 
 
 # -- the command line ------------------------------------------------------------------------------------------

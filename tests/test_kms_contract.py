@@ -224,6 +224,8 @@ def test_registry_by_name_and_bigdl_names():
     assert kms_class("local") is LocalKms
     assert kms_class("LOCAL") is LocalKms
     assert {"local", "bigdl-plaintext", "SimpleKeyManagementService"} <= set(available_kms())
+    assert LocalKms.data_key_kind == "ppml"
+    assert {kms_class(name).data_key_kind for name in ("bigdl-plaintext", "SimpleKeyManagementService")} == {"bigdl"}
     with pytest.raises(UsageError, match="choose one of"):
         open_kms("no-such-kms")
 

@@ -30,11 +30,11 @@ SecretVaultOpt = Annotated[Optional[str], typer.Option(
 
 def _azure():
     try:
-        from ppml.keys import azure
+        from ppml.keys import azure_secrets
     except ImportError as exc:
         raise ConfigError(f"Azure Key Vault support needs packages that are not installed ({exc.name})",
                           hint="pip install 'ppml[azure]'") from None
-    return azure
+    return azure_secrets
 
 
 def _vault(vault: str | None) -> str:
@@ -48,8 +48,10 @@ def _refuse_existing(azure, vault: str, name: str, client_id: str | None, force:
         return
     version = azure.secret_exists(vault, name, client_id=client_id)
     if version is not None:
+        from ppml.keys.azure_vault import vault_url  # here, like azure_secrets: the CLI runs without the extra
+
         raise AlreadyExistsError(
-            f"secret {name!r} already exists in Key Vault {azure.vault_url(vault)} (version {version})",
+            f"secret {name!r} already exists in Key Vault {vault_url(vault)} (version {version})",
             hint="pass --force to add a new version (readers of the latest version then get the new value; "
                  "older versions stay readable by version)")
 

@@ -12,10 +12,13 @@ backend (BigDL name)           encrypted data key
 (``spark.bigdl.primaryKey.
 <name>.plainText``)
 ``SimpleKeyManagementService`` 16 digits ``c[i] = (pk[i] + d[i]) mod 10``: **no confidentiality**
+``bigdl-azure``                ``base64(RSA-OAEP-SHA1(Key Vault key, the 32 bytes the data-key string encodes))``
 =============================  ====================================================================
 
-Wrapped keys read from a BigDL file header carry ``kms="bigdl"`` (the header does not say which KMS made
-them); both backends accept those.
+``bigdl-azure``, BigDL's ``AzureKeyManagementService``, lives in :mod:`ppml.keys.bigdl_azure` with the other
+Key Vault code. Wrapped keys read from a BigDL file header carry ``kms="bigdl"``
+(:data:`~ppml.crypto.bigdl_cbc.BIGDL_KMS`: the header does not say which KMS made them); every backend built
+on :class:`BigdlKms` accepts those.
 """
 
 from __future__ import annotations
@@ -26,20 +29,21 @@ import hashlib
 import os
 import secrets
 import warnings
+from abc import abstractmethod
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ppml.crypto.bigdl_cbc import BIGDL_KMS
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import ConfigError, KeyAccessError, NotFoundError, PpmlInsecureWarning
 from ppml.keys.kms import KeyManagementService, PrimaryKeyInfo
 
-__all__ = ["PlaintextPrimaryKeyKms", "SimpleKms", "PpmlInsecureWarning", "BIGDL_KMS"]
+__all__ = ["BigdlKms", "PlaintextPrimaryKeyKms", "PpmlInsecureWarning", "SimpleKms"]
 
-BIGDL_KMS = "bigdl"
 _FINGERPRINT_LABEL = b"ppml/bigdl/primary-key-fingerprint\0"
 _PRIMARY_KEY_SIZES = (16, 24, 32)
 _DATA_KEY_RANDOM_BYTES = 32
@@ -52,18 +56,79 @@ def _fingerprint(kind: bytes, material: bytes) -> str:
     return hashlib.sha256(_FINGERPRINT_LABEL + kind + b"\0" + material).hexdigest()[:16]
 
 
-def _refuse_pickle(cls_name: str) -> NoReturn:
-    raise TypeError(
-        f"{cls_name} cannot be pickled: it holds a primary key, which must not travel in closures, broadcasts "
-        "or files; build the key management service where it is used"
-    )
-
-
 def _printable_ascii(data: bytes) -> bool:
     return bool(data) and all(0x20 < b < 0x7F for b in data)
 
 
-class PlaintextPrimaryKeyKms(KeyManagementService):
+class BigdlKms(KeyManagementService):
+    """What BigDL PPML's key management services share: their data keys are BigDL's data-key *strings*.
+
+    A backend holds one primary key, whose public identifier (a fingerprint, or a Key Vault key URL) it
+    keeps in ``_key_id`` and stores as ``WrappedKey.key``. It accepts the wrapped keys of BigDL file headers
+    (``kms="bigdl"``) besides its own, and checks both with :meth:`_check_origin` before unwrapping.
+    """
+
+    data_key_kind: ClassVar[str] = "bigdl"
+    #: Why an instance cannot be pickled.
+    _unpicklable_because: ClassVar[str] = (
+        "it holds a primary key, which must not travel in closures, broadcasts or files; "
+        "build the key management service where it is used"
+    )
+    #: What made this backend's wrapped keys, as errors name it.
+    _made_by: ClassVar[str]
+    #: What to do when a wrapped key names another primary key.
+    _other_key_hint: ClassVar[str] = "give the primary key file the files were written with"
+    #: The primary key's public identifier, stored as ``WrappedKey.key``.
+    _key_id: str
+    #: The primary key's version, where its identifier names one (a versioned Key Vault key URL).
+    _key_version: str = ""
+
+    def supports(self, wrapped: WrappedKey) -> bool:
+        return wrapped.kms in (BIGDL_KMS, self.name)
+
+    def _check_origin(self, wrapped: WrappedKey) -> None:
+        """Refuse ``wrapped`` unless it comes from a BigDL header or from this backend's primary key."""
+        if not self.supports(wrapped):
+            raise KeyAccessError(f"the data key {wrapped.reference} was not wrapped by {self._made_by}")
+        if wrapped.kms == self.name and wrapped.key and wrapped.key != self._key_id:
+            raise KeyAccessError(
+                f"the data key {wrapped.reference} was wrapped by another primary key (this one is {self._key_id})",
+                hint=self._other_key_hint,
+            )
+
+    @staticmethod
+    def _decode_base64(text: bytes, subject: str) -> bytes:
+        """An encrypted data-key string that BigDL writes in base64, decoded."""
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyAccessError(f"{subject} is not base64", hint="check the .meta file or the file header") from None
+
+    def generate_data_key(self, key_name: str = "") -> tuple[DataKey, WrappedKey]:
+        """A new data-key string and its encrypted form. ``key_name`` is not used: one primary key."""
+        key = self._new_data_key()
+        return key, self.wrap(key, key_name)
+
+    def _new_data_key(self) -> DataKey:
+        """Base64 of 32 random bytes: 44 characters.
+
+        BigDL makes 24-character keys but reads any string; 44 characters give BigDL's key derivation a
+        full 16-byte AES key instead of 8 bytes of base64 plus zero padding.
+        """
+        return DataKey(base64.b64encode(os.urandom(_DATA_KEY_RANDOM_BYTES)))
+
+    def describe_key(self, key_name: str = "") -> PrimaryKeyInfo:
+        return PrimaryKeyInfo(self.name, self._key_id, self._key_version, details=self._key_details())
+
+    @abstractmethod
+    def _key_details(self) -> dict[str, object]:
+        """Public facts about the primary key for :meth:`describe_key`; never its material."""
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} cannot be pickled: {self._unpicklable_because}")
+
+
+class PlaintextPrimaryKeyKms(BigdlKms):
     """BigDL's "plaintext primary key": an AES key given directly in the configuration.
 
     Matches BigDL's ``spark.bigdl.primaryKey.<name>.plainText`` setting. The encrypted data key is
@@ -78,6 +143,8 @@ class PlaintextPrimaryKeyKms(KeyManagementService):
     """
 
     name = "bigdl-plaintext"
+    _made_by = "a BigDL plaintext primary key"
+    _other_key_hint = "give the primary key that the files were written with"
 
     def __init__(self, primary_key: bytes) -> None:
         if not isinstance(primary_key, (bytes, bytearray)):
@@ -88,7 +155,7 @@ class PlaintextPrimaryKeyKms(KeyManagementService):
                 hint="give the base64 value of spark.bigdl.primaryKey.<name>.plainText, decoded",
             )
         self.__primary_key = bytes(primary_key)
-        self._fingerprint = _fingerprint(b"aes", self.__primary_key)
+        self._key_id = _fingerprint(b"aes", self.__primary_key)
 
     @classmethod
     def from_base64(cls, text: str) -> PlaintextPrimaryKeyKms:
@@ -103,10 +170,7 @@ class PlaintextPrimaryKeyKms(KeyManagementService):
     @property
     def fingerprint(self) -> str:
         """Public identifier of the primary key, stored as ``WrappedKey.key``."""
-        return self._fingerprint
-
-    def supports(self, wrapped: WrappedKey) -> bool:
-        return wrapped.kms in (BIGDL_KMS, self.name)
+        return self._key_id
 
     def _cipher(self) -> Cipher:
         return Cipher(algorithms.AES(self.__primary_key), modes.ECB())
@@ -119,27 +183,16 @@ class PlaintextPrimaryKeyKms(KeyManagementService):
         padder = padding.PKCS7(algorithms.AES.block_size).padder()
         encryptor = self._cipher().encryptor()
         ciphertext = encryptor.update(padder.update(material) + padder.finalize()) + encryptor.finalize()
-        return WrappedKey(self.name, self._fingerprint, "", base64.b64encode(ciphertext))
+        return WrappedKey(self.name, self._key_id, "", base64.b64encode(ciphertext))
 
     def unwrap(self, wrapped: WrappedKey) -> DataKey:
-        if not self.supports(wrapped):
-            raise KeyAccessError(f"the data key {wrapped.reference} was not wrapped by a BigDL plaintext primary key")
-        if wrapped.kms == self.name and wrapped.key and wrapped.key != self._fingerprint:
-            raise KeyAccessError(
-                f"the data key {wrapped.reference} was wrapped by another primary key "
-                f"(this one is {self._fingerprint})",
-                hint="give the primary key that the files were written with",
-            )
+        self._check_origin(wrapped)
         mismatch = KeyAccessError(
-            f"cannot unwrap the data key {wrapped.reference}: the BigDL primary key {self._fingerprint} "
+            f"cannot unwrap the data key {wrapped.reference}: the BigDL primary key {self._key_id} "
             "does not match it",
             hint="give the primary key (spark.bigdl.primaryKey.<name>.plainText) the files were written with",
         )
-        try:
-            ciphertext = base64.b64decode(wrapped.wrapped, validate=True)
-        except (binascii.Error, ValueError):
-            raise KeyAccessError(f"the encrypted data key {wrapped.reference} is not base64",
-                                 hint="check the .meta file or the file header") from None
+        ciphertext = self._decode_base64(wrapped.wrapped, f"the encrypted data key {wrapped.reference}")
         if not ciphertext or len(ciphertext) % 16:
             raise mismatch
         decryptor = self._cipher().decryptor()
@@ -153,27 +206,11 @@ class PlaintextPrimaryKeyKms(KeyManagementService):
             raise mismatch
         return DataKey(material)
 
-    def generate_data_key(self, key_name: str = "") -> tuple[DataKey, WrappedKey]:
-        """A new data-key string (base64 of 32 random bytes, 44 characters) and its encrypted form.
-
-        BigDL makes 24-character keys but reads any string; 44 characters give BigDL's key derivation a
-        full 16-byte AES key instead of 8 bytes of base64 plus zero padding.
-        """
-        key = DataKey(base64.b64encode(os.urandom(_DATA_KEY_RANDOM_BYTES)))
-        return key, self.wrap(key, key_name)
-
-    def describe_key(self, key_name: str = "") -> PrimaryKeyInfo:
-        return PrimaryKeyInfo(self.name, self._fingerprint, "",
-                              details={"fingerprint": self._fingerprint,
-                                       "key_size_bits": 8 * len(self.__primary_key)})
+    def _key_details(self) -> dict[str, object]:
+        return {"fingerprint": self._key_id, "key_size_bits": 8 * len(self.__primary_key)}
 
     def __repr__(self) -> str:
-        return f"PlaintextPrimaryKeyKms(fingerprint={self._fingerprint}, primary_key=<redacted>)"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        _refuse_pickle(type(self).__name__)
+        return f"PlaintextPrimaryKeyKms(fingerprint={self._key_id}, primary_key=<redacted>)"
 
 
 def _digits(value: str, what: str, error: type[Exception]) -> str:
@@ -182,7 +219,7 @@ def _digits(value: str, what: str, error: type[Exception]) -> str:
     return value
 
 
-class SimpleKms(KeyManagementService):
+class SimpleKms(BigdlKms):
     """BigDL's ``SimpleKeyManagementService``, for reading (and writing) its files. **Insecure.**
 
     The primary key is 16 digits (a 12-digit appId and 4 digits); a data key is 16 random digits and is
@@ -203,6 +240,7 @@ class SimpleKms(KeyManagementService):
     """
 
     name = "SimpleKeyManagementService"
+    _made_by = "SimpleKeyManagementService"
 
     def __init__(self, primary_key_file: str | os.PathLike[str] | None = None, primary_key: str | None = None,
                  allow_insecure: bool = False) -> None:
@@ -218,7 +256,7 @@ class SimpleKms(KeyManagementService):
         elif not isinstance(primary_key, str):
             raise TypeError(f"primary_key must be a str of digits, not {type(primary_key).__name__}")
         self.__primary_key = _digits(primary_key, "SimpleKeyManagementService primary key", ConfigError)
-        self._fingerprint = _fingerprint(b"simple", self.__primary_key.encode("ascii"))
+        self._key_id = _fingerprint(b"simple", self.__primary_key.encode("ascii"))
         self._warn("is in use")
 
     @staticmethod
@@ -252,10 +290,7 @@ class SimpleKms(KeyManagementService):
 
     @property
     def fingerprint(self) -> str:
-        return self._fingerprint
-
-    def supports(self, wrapped: WrappedKey) -> bool:
-        return wrapped.kms in (BIGDL_KMS, self.name)
+        return self._key_id
 
     def wrap(self, key: DataKey, key_name: str = "") -> WrappedKey:
         self._warn("wraps a data key")
@@ -263,37 +298,23 @@ class SimpleKms(KeyManagementService):
                        ValueError)
         pk = self.__primary_key
         wrapped = "".join(str((int(p) + int(d)) % 10) for p, d in zip(pk, data, strict=True))
-        return WrappedKey(self.name, self._fingerprint, "", wrapped.encode("ascii"))
+        return WrappedKey(self.name, self._key_id, "", wrapped.encode("ascii"))
 
     def unwrap(self, wrapped: WrappedKey) -> DataKey:
         self._warn("unwraps a data key")
-        if not self.supports(wrapped):
-            raise KeyAccessError(f"the data key {wrapped.reference} was not wrapped by SimpleKeyManagementService")
-        if wrapped.kms == self.name and wrapped.key and wrapped.key != self._fingerprint:
-            raise KeyAccessError(
-                f"the data key {wrapped.reference} was wrapped by another primary key "
-                f"(this one is {self._fingerprint})",
-                hint="give the primary key file the files were written with",
-            )
+        self._check_origin(wrapped)
         encrypted = _digits(wrapped.wrapped.decode("ascii", "replace"),
                             f"encrypted data key {wrapped.reference}", KeyAccessError)
         pk = self.__primary_key
         data = "".join(str((int(c) - int(p)) % 10) for p, c in zip(pk, encrypted, strict=True))
         return DataKey(data.encode("ascii"))
 
-    def generate_data_key(self, key_name: str = "") -> tuple[DataKey, WrappedKey]:
-        """A new 16-digit data key and its encrypted form."""
-        key = DataKey(str(secrets.randbelow(10**_SIMPLE_DIGITS)).zfill(_SIMPLE_DIGITS).encode("ascii"))
-        return key, self.wrap(key, key_name)
+    def _new_data_key(self) -> DataKey:
+        """16 random digits, as BigDL's SimpleKeyManagementService makes them."""
+        return DataKey(str(secrets.randbelow(10**_SIMPLE_DIGITS)).zfill(_SIMPLE_DIGITS).encode("ascii"))
 
-    def describe_key(self, key_name: str = "") -> PrimaryKeyInfo:
-        return PrimaryKeyInfo(self.name, self._fingerprint, "",
-                              details={"fingerprint": self._fingerprint, "insecure": True})
+    def _key_details(self) -> dict[str, object]:
+        return {"fingerprint": self._key_id, "insecure": True}
 
     def __repr__(self) -> str:
-        return f"SimpleKms(fingerprint={self._fingerprint}, primary_key=<redacted>, insecure)"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        _refuse_pickle(type(self).__name__)
+        return f"SimpleKms(fingerprint={self._key_id}, primary_key=<redacted>, insecure)"

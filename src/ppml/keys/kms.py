@@ -67,6 +67,9 @@ class KeyManagementService(ABC):
     #: Whether callers may keep unwrapped keys for the life of the process. Backends whose releases expire
     #: (the key broker) set ``False`` and cache keys themselves for as long as they are valid.
     cacheable: ClassVar[bool] = True
+    #: What kind of data key this backend wraps: 'ppml' (32 random bytes for ppml's formats) or 'bigdl'
+    #: (BigDL's data-key strings for its aes/cbc/pkcs5padding format).
+    data_key_kind: ClassVar[str] = "ppml"
 
     def supports(self, wrapped: WrappedKey) -> bool:
         """Whether this backend can try to unwrap ``wrapped``."""
@@ -129,7 +132,7 @@ _KNOWN: dict[str, tuple[str, str | None]] = {
     "bigdl-plaintext": ("ppml.keys.bigdl:PlaintextPrimaryKeyKms", None),
     "SimpleKeyManagementService": ("ppml.keys.bigdl:SimpleKms", None),
     "azure": ("ppml.keys.azure:AzureKeyVaultKms", "azure"),
-    "bigdl-azure": ("ppml.keys.azure:BigdlAzureKms", "azure"),
+    "bigdl-azure": ("ppml.keys.bigdl_azure:BigdlAzureKms", "azure"),
     "pkcs11": ("ppml.keys.pkcs11:Pkcs11Kms", "hsm"),
     "broker": ("ppml.keys.broker_client:BrokerKms", "attest"),
 }

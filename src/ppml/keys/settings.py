@@ -31,7 +31,7 @@ def read_secret_source(source: str, *, what: str) -> str:
     kind, _, rest = source.partition(":")
     if kind == "azure-secret" and rest:
         try:
-            from ppml.keys.azure import read_secret_reference
+            from ppml.keys.azure_secrets import read_secret_reference
         except ImportError as exc:
             raise ConfigError(f"the {what} source {source} needs the Azure SDK, which is not installed ({exc.name})",
                               hint="pip install 'ppml[azure]'") from None
