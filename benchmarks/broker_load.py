@@ -497,6 +497,8 @@ def part_tpch(args, work: Path) -> list[dict[str, Any]]:
     from ppml.io.files import encrypt
     from ppml.keys.datakey_file import DataKeyFile
     from ppml.tpch.gen import generate
+    from ppml.crypto.formats import DEFAULT_FORMAT
+    from ppml.io.encryption import Encryption
     from ppml.tpch.runner import encrypt_tables
     from ppml.tpch.schema import TABLE_NAMES
 
@@ -516,7 +518,7 @@ def part_tpch(args, work: Path) -> list[dict[str, Any]]:
     variants: list[tuple[str, Path, Path, int, list[str]]] = []
     key, wrapped, dk_one = data_key_file("dk-one")
     enc_one = work / "enc-one-key"
-    encrypt_tables(str(plain), str(enc_one), key=key, envelope=[wrapped])
+    encrypt_tables(str(plain), str(enc_one), Encryption(DEFAULT_FORMAT, key, (wrapped,)))
     variants.append(("one data key (tables and results)", enc_one, dk_one, 1, []))
     enc_per = work / "enc-key-per-table"
     enc_per.mkdir()

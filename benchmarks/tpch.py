@@ -139,6 +139,7 @@ def prepare(work: Path, scale: float, with_cbc: bool) -> Setup:
     from ppml.keys.keyring import KeyRing
     from ppml.keys.local import LocalKms
     from ppml.tpch.gen import generate
+    from ppml.io.encryption import Encryption
     from ppml.tpch.runner import encrypt_tables
 
     work.mkdir(parents=True, exist_ok=True)
@@ -164,8 +165,7 @@ def prepare(work: Path, scale: float, with_cbc: bool) -> Setup:
     gcm = work / "aes_gcm_stream"
     if not _complete(gcm, ".ppml"):
         started = time.perf_counter()
-        report = encrypt_tables(str(plain), str(gcm), key=key, envelope=record.envelope,
-                                crypto_mode="aes_gcm_stream", force=True)
+        report = encrypt_tables(str(plain), str(gcm), Encryption(GCM, key, record.envelope), force=True)
         note(f"encrypted {report.files} tables with aes_gcm_stream into {gcm} in {time.perf_counter() - started:.1f} s")
 
     cbc = bigdl_pk = bigdl_dk = None
@@ -180,8 +180,7 @@ def prepare(work: Path, scale: float, with_cbc: bool) -> Setup:
         brecord, bkey = KeyRing([bigdl_kms]).open_data_key_file(str(bigdl_dk))
         if not _complete(cbc, ".cbc"):
             started = time.perf_counter()
-            report = encrypt_tables(str(plain), str(cbc), key=bkey, envelope=brecord.envelope,
-                                    crypto_mode=CBC_MODE, force=True)
+            report = encrypt_tables(str(plain), str(cbc), Encryption(CBC_MODE, bkey, brecord.envelope), force=True)
             note(f"encrypted {report.files} tables with {CBC_MODE} into {cbc} in {time.perf_counter() - started:.1f} s")
     return Setup(work, plain, gcm, cbc, kms.path, pass_file, data_key, bigdl_pk, bigdl_dk, scale)
 
@@ -488,6 +487,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from ppml.keys.settings import KeySettings
     from ppml.spark import PPMLContext
     from ppml.tpch.oracle import Oracle
     from ppml.tpch.runner import ppml_tables, spark_csv_tables
@@ -512,8 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir = work / "results"
     try:
         info = machine_info(spark.version)
-        gcm_ctx = PPMLContext(spark, data_key=str(setup.data_key), keystore=str(setup.keystore),
-                              keystore_password_file=str(setup.pass_file))
+        gcm_ctx = PPMLContext(spark, data_key=str(setup.data_key),
+                              keys=KeySettings(keystore=str(setup.keystore), passphrase=f"file:{setup.pass_file}"))
         ctxs: dict[str, object] = {GCM: gcm_ctx}
         scale = setup.scale
         variants = [
@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if setup.cbc is not None:
             cbc_ctx = PPMLContext(spark, data_key=str(setup.bigdl_data_key),
-                                  primary_key_plaintext=f"file:{setup.bigdl_pk}")
+                                  keys=KeySettings(bigdl_kms="plaintext", bigdl_primary_key=f"file:{setup.bigdl_pk}"))
             ctxs[CBC] = cbc_ctx
             variants.append(Variant(CBC, cbc_ctx, lambda: ppml_tables(cbc_ctx, str(setup.cbc), CBC_MODE, scale=scale),
                                     CBC_MODE, results_dir / CBC))

@@ -92,8 +92,11 @@ def spark_keys(tmp_path):
     kms.create_key("default")
     key, wrapped = kms.generate_data_key("default")
     DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "dk.json")
+    from ppml.keys.settings import KeySettings
+
+    settings = KeySettings(keystore=str(tmp_path / "ks.json"), passphrase=f"file:{password_file}")
     return {"kms": kms, "keystore": str(tmp_path / "ks.json"), "password_file": str(password_file),
-            "data_key": str(tmp_path / "dk.json"), "key": key}
+            "data_key": str(tmp_path / "dk.json"), "key": key, "settings": settings}
 
 
 # -- TPC-H data ---------------------------------------------------------------------------------------------

@@ -362,8 +362,8 @@ def test_production_path_in_process(keyvault, azure_identity_env, monkeypatch):
                               what="pw") == "Tr0ub4dor-from-key-vault"
     with pytest.raises(UsageError, match="azure-secret:VAULT/NAME"):
         read_secret_source("azure-secret:just-a-name", what="pw")
-    settings = KeySettings(keystore_password="azure-secret:kv1/keystore-pass", azure_vault="kv1")
-    assert settings.local_kms()._passphrase() == "Tr0ub4dor-from-key-vault"
+    settings = KeySettings(passphrase="azure-secret:kv1/keystore-pass", azure_vault="kv1")
+    assert settings.passphrase_reader()() == "Tr0ub4dor-from-key-vault"
     keyvault.allow_all()
     clear_cache()
     assert settings.keyring().unwrap([wrapped], name="dk.json") == key
@@ -578,7 +578,7 @@ def test_cli_bigdl_azure_key_files(keyvault, azure_identity_env, tmp_path, monke
     cli = AzureCli(tmp_path, keyvault, azure_identity_env, monkeypatch, capsys)
     info = AzureKeyVaultKms("kv1", key_size=2048).create_key("bigdl")
     (tmp_path / "primaryKey").write_text(f"https://kv1.vault.azure.net/keys/bigdl/{info.current_version}\n")
-    bigdl = ("--kms", "AzureKeyManagementService", "--primary-key-file", "primaryKey")
+    bigdl = ("--kms", "AzureKeyManagementService", "--bigdl-key", "primaryKey")
     cli.run("keys", "data-key", *bigdl, "--out", "bigdl-dk.json")
     envelope = json.loads((tmp_path / "bigdl-dk.json").read_text())["envelope"]
     assert envelope[0]["kms"] == "bigdl-azure" and len(base64.b64decode(envelope[0]["wrapped"])) == 344

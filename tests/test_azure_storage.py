@@ -346,8 +346,7 @@ def test_spark_reads_and_writes_encrypted_data_on_azurite(spark_session, spark_k
     source = tmp_path / "connection-string"
     source.write_text(azurite_connection_string)
     source.chmod(0o600)
-    ctx = PPMLContext(spark_session, data_key=spark_keys["data_key"], keystore=spark_keys["keystore"],
-                      keystore_password_file=spark_keys["password_file"],
+    ctx = PPMLContext(spark_session, data_key=spark_keys["data_key"], keys=spark_keys["settings"],
                       azure_storage=AzureStorageSettings(connection_string=f"file:{source}"))
     schema = "id INT, name STRING, score DOUBLE"
     df = ctx.read().option("header", True).schema(schema).csv(f"abfs://{c}/in")

@@ -23,16 +23,16 @@ from hypothesis import strategies as st
 
 from ppml.crypto import bigdl_cbc
 from ppml.crypto.bigdl_cbc import (
-    BigdlCbcFormat,
     BigdlCbcReader,
     BigdlCbcWriter,
     decode_meta,
     derive_keys,
     encode_meta,
 )
+from ppml.crypto.bigdl_cbc_format import BigdlCbcFormat
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import detect_format, get_format
+from ppml.crypto.formats import WHOLE_FILE, detect_format, get_format
 from ppml.errors import CorruptHeaderError, IntegrityError
 from ppml.keys.bigdl import PlaintextPrimaryKeyKms, PpmlInsecureWarning, SimpleKms
 
@@ -75,7 +75,11 @@ def assert_integrity_error(blob: bytes, key: DataKey = KEY, name: str = NAME, pl
 def test_registered_under_bigdl_names():
     for name in ("aes/cbc/pkcs5padding", "AES/CBC/PKCS5Padding", "aes_cbc_pkcs5padding", "AES_CBC_PKCS5PADDING"):
         assert isinstance(get_format(name), BigdlCbcFormat)
-    assert (FMT.name, FMT.suffix, FMT.splittable, FMT.encrypted) == ("aes/cbc/pkcs5padding", ".cbc", False, True)
+    assert (FMT.name, FMT.suffix, FMT.encrypted, FMT.data_key_kind) == ("aes/cbc/pkcs5padding", ".cbc", True, "bigdl")
+    # A CBC stream cannot be entered in the middle: one range over the whole file, and no in-place re-wrap.
+    info = FMT.describe(io.BytesIO(encrypt(b"a,b\n" * 1000)), name=NAME)
+    assert FMT.split_ranges(info, 64, name=NAME) == [(0, WHOLE_FILE)]
+    assert not FMT.rewrappable
 
 
 def test_sniff_needs_suffix_and_header():

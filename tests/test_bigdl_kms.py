@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppml.crypto.bigdl_cbc import BigdlCbcFormat
+from ppml.crypto.bigdl_cbc_format import BigdlCbcFormat
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import ConfigError, IntegrityError, KeyAccessError, NotFoundError
@@ -162,7 +162,7 @@ def test_simple_refused_without_the_insecure_flag():
             warnings.simplefilter("error")
             with pytest.raises(ConfigError) as info:
                 SimpleKms(primary_key="1234567890123456", allow_insecure=allow)
-        assert "--insecure-allow-simple-kms" in info.value.hint
+        assert "--insecure-simple-kms" in info.value.hint
         assert "1234567890123456" not in str(info.value)
     with pytest.raises(ConfigError):
         open_kms("SimpleKeyManagementService", primary_key="1234567890123456")

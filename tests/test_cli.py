@@ -223,7 +223,7 @@ def test_errors_have_exit_codes_and_one_clean_message(cli_ws):
         ("verify", "tampered"),
         ("encrypt", "plain/x.csv", "existing.ppml", "--data-key", "dk.json"),
         ("encrypt", "plain/x.csv", "out-mode.ppml", "--data-key", "dk.json", "--mode", "rot13"),
-        ("decrypt", "enc/x.csv.ppml", "out-literal.csv", "--primary-key-plaintext", literal),
+        ("decrypt", "enc/x.csv.ppml", "out-literal.csv", "--bigdl-kms", "plaintext", "--bigdl-key", literal),
     )
 
     assert (wrong_pass.returncode, missing_key.returncode, bad_header.returncode) == (5, 3, 4)

@@ -89,15 +89,15 @@ def test_tree_workers_run_in_parallel_and_report_progress(tmp_path, tree_kms, tr
     key, envelope = new_data_key(tree_kms)
     barrier = threading.Barrier(2, timeout=10)
     calls = []
-    real_copy = files._copy
+    real_copy = files.copy_stream
 
-    def copy(reader, writer, progress):
+    def copy(reader, writer, progress=None):
         calls.append(threading.get_ident())
         if len(calls) <= 2:
             barrier.wait()  # breaks (and the test fails) unless two files are copied at the same time
         return real_copy(reader, writer, progress)
 
-    monkeypatch.setattr(files, "_copy", copy)
+    monkeypatch.setattr(files, "copy_stream", copy)
     seen = []
     lock = threading.Lock()
 

@@ -22,6 +22,7 @@ from pyspark.errors import PySparkException  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import DateType, DoubleType, LongType, StringType, StructField, StructType  # noqa: E402
 
+from ppml.keys.settings import KeySettings  # noqa: E402
 from ppml.spark import PPMLContext  # noqa: E402
 
 SCHEMA = StructType([
@@ -70,8 +71,7 @@ def _write_csv(path, rows, header=True):
 
 @pytest.fixture
 def ctx(spark_session, spark_keys):
-    return PPMLContext(spark_session, data_key=spark_keys["data_key"], keystore=spark_keys["keystore"],
-                       keystore_password_file=spark_keys["password_file"])
+    return PPMLContext(spark_session, data_key=spark_keys["data_key"], keys=spark_keys["settings"])
 
 
 @pytest.fixture
@@ -80,13 +80,11 @@ def encrypted_table(tmp_path, spark_keys):
     rows = _rows(120_000)
     _write_csv(tmp_path / "plain" / "t1.csv", rows[:100_000])
     _write_csv(tmp_path / "plain" / "t2.csv", rows[100_000:])
-    ring = spark_keys["kms"]
     from ppml.keys.datakey_file import DataKeyFile
 
     record = DataKeyFile.load(spark_keys["data_key"])
     files.encrypt(str(tmp_path / "plain"), str(tmp_path / "enc"), key=spark_keys["key"], envelope=record.envelope,
                   segment_size=64 * 1024)
-    assert ring is not None
     return tmp_path / "enc", rows
 
 
@@ -106,7 +104,7 @@ def test_encrypted_read_equals_spark_plaintext_read(ctx, encrypted_table, tmp_pa
 def test_format_ppml_for_plain_spark_users(ctx, encrypted_table, spark_keys):
     enc, rows = encrypted_table
     df = (ctx.spark.read.format("ppml").option("header", "true").option("keystore", spark_keys["keystore"])
-          .option("keystorePasswordFile", spark_keys["password_file"]).schema(SCHEMA).load(str(enc)))
+          .option("keystorePassword", f"file:{spark_keys['password_file']}").schema(SCHEMA).load(str(enc)))
     assert df.agg(F.sum("id")).first()[0] == sum(r[0] for r in rows)
 
 
@@ -174,8 +172,7 @@ def test_save_modes(ctx, tmp_path, spark_keys):
 
     key, wrapped = spark_keys["kms"].generate_data_key("default")
     DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "dk2.json")
-    ctx2 = PPMLContext(ctx.spark, data_key=str(tmp_path / "dk2.json"), keystore=spark_keys["keystore"],
-                       keystore_password_file=spark_keys["password_file"])
+    ctx2 = PPMLContext(ctx.spark, data_key=str(tmp_path / "dk2.json"), keys=spark_keys["settings"])
     ctx2.write(second).mode("append").option("header", True).csv(out)
     assert read() == [1, 2]
     versions = {w.reference for p in os.listdir(out) if p.startswith("part-")
@@ -216,7 +213,7 @@ def test_bigdl_cbc_read_and_write(ctx, tmp_path, monkeypatch):
     key, wrapped = kms.generate_data_key("")
     DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "bigdl-dk.json")
     bigdl = PPMLContext(ctx.spark, data_key=str(tmp_path / "bigdl-dk.json"),
-                        primary_key_plaintext=f"file:{tmp_path / 'pk.b64'}")
+                        keys=KeySettings(bigdl_kms="plaintext", bigdl_primary_key=f"file:{tmp_path / 'pk.b64'}"))
     df = ctx.spark.createDataFrame([(r[0], r[1], r[2], None) for r in _rows(3000)], SCHEMA).repartition(2)
     out = str(tmp_path / "bigdl")
     bigdl.write(df, "aes/cbc/pkcs5padding").mode("overwrite").option("header", True).csv(out)
@@ -236,8 +233,7 @@ def test_wrong_key_store_fails_with_a_clear_error(ctx, encrypted_table, tmp_path
     other = LocalKms(tmp_path / "other.json", "spark-test-passphrase")
     other.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
     other.create_key("default")
-    stranger = PPMLContext(ctx.spark, keystore=str(tmp_path / "other.json"),
-                           keystore_password_file=ctx._settings["keystorePasswordFile"])
+    stranger = PPMLContext(ctx.spark, keys=ctx.keys.replace(keystore=str(tmp_path / "other.json")))
     with pytest.raises(PySparkException) as info:
         stranger.read().option("header", True).schema(SCHEMA).csv(str(enc)).count()
     text = str(info.value)
@@ -276,13 +272,14 @@ def test_turning_protections_off_warns():
 def test_key_service_options_reach_executors_as_settings_without_secrets():
     from ppml.spark.options import parse_options
 
-    options = parse_options({"path": "x", "azureVault": "kv1", "azureClientId": "cid", "brokerUrl": "https://b:8443",
-                             "brokerCa": "/etc/ca.pem", "brokerAttester": "tpm",
-                             "brokerAttesterSettings": '{"ak_handle": "0x81000003"}'})
+    key_settings = KeySettings(kms="pkcs11", pkcs11_token="hsm", pkcs11_pin="file:/run/secrets/pin", azure_vault="kv1",
+                           azure_client_id="cid", broker_url="https://b:8443", broker_ca="/etc/ca.pem",
+                           broker_attester="tpm", broker_attester_settings='{"ak_handle": "0x81000003"}')
+    options = parse_options({"path": "x", **key_settings.to_options()})
     keys = options.keys
-    assert (keys.azure_vault, keys.azure_client_id) == ("kv1", "cid")
-    assert (keys.broker_url, keys.broker_ca, keys.broker_attester) == ("https://b:8443", "/etc/ca.pem", "tpm")
-    broker = keys.broker_kms()
+    assert keys == key_settings
+    assert key_settings.to_options()["pkcs11Pin"] == "file:/run/secrets/pin"  # a source only
+    broker = keys.broker()
     assert broker.url == "https://b:8443" and broker.attester_name == "tpm"
     import pickle
 

@@ -18,6 +18,7 @@ code  class                   meaning
 5     WrongKeyError           a data key does not match the file it was offered for
 6     AlreadyExistsError      the destination exists and ``--force`` was not given
 7     ConfigError             a setting is invalid, or an optional extra is not installed
+1     AttestationError        evidence does not verify, or a policy refuses it
 ====  ======================  =====================================================================
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "AttestationError",
     "EXIT_CODES",
+    "exit_code_of",
     "PpmlInsecureWarning",
 ]
 
@@ -127,7 +129,7 @@ class AttestationError(PpmlError):
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "other failure",
+    1: "other failure, or evidence refused (attestation)",
     2: "usage error",
     3: "not found",
     4: "integrity failure (tampered, truncated or corrupt data)",
@@ -135,6 +137,17 @@ EXIT_CODES: dict[int, str] = {
     6: "destination exists (use --force)",
     7: "configuration error or missing optional extra",
 }
+
+
+def exit_code_of(code: str) -> int:
+    """The exit code of the error class whose stable ``code`` is given (1 for a code no class has)."""
+    pending: list[type[PpmlError]] = [PpmlError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.exit_code
+        pending.extend(cls.__subclasses__())
+    return PpmlError.exit_code
 
 
 class PpmlInsecureWarning(UserWarning):

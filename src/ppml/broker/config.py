@@ -31,6 +31,7 @@ from typing import Any
 
 from ppml.attest.policy import Policy, load_policies, parse_duration, read_yaml
 from ppml.errors import ConfigError, NotFoundError
+from ppml.keys.settings import KeySettings
 
 __all__ = ["BrokerConfig", "Limits", "load_config"]
 
@@ -109,9 +110,7 @@ def load_config(path: str | Path) -> BrokerConfig:
     tls = raw.get("tls") or {}
     if not tls.get("certificate") or not tls.get("private_key"):
         raise ConfigError(f"{where}: tls.certificate and tls.private_key are required (the broker only speaks HTTPS)",
-                          hint="for a test set-up: openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
-                               "-nodes -keyout broker-key.pem -out broker.pem -subj /CN=localhost "
-                               "-addext subjectAltName=DNS:localhost,IP:127.0.0.1")
+                          hint="'ppml broker init DIR' writes a broker folder with its own TLS CA and certificate")
     tls = _paths(tls, base)
     for name in ("certificate", "private_key", "client_ca"):
         if tls.get(name) and not Path(tls[name]).is_file():
@@ -120,6 +119,7 @@ def load_config(path: str | Path) -> BrokerConfig:
     kms = raw.get("kms") or []
     if not isinstance(kms, list) or not kms or not all(isinstance(k, Mapping) and k.get("backend") for k in kms):
         raise ConfigError(f"{where}: 'kms' must list at least one backend, e.g. [{{backend: local, keystore: ...}}]")
+    KeySettings.from_backend_entries(kms, where=where)  # unknown backends and settings fail here, not at start
     verifiers = raw.get("verifiers") or {}
     if not isinstance(verifiers, Mapping) or not verifiers:
         raise ConfigError(f"{where}: 'verifiers' must name the evidence types to accept, e.g. {{sgx: {{}}}}")

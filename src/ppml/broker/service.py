@@ -33,13 +33,13 @@ from ppml.keys.broker_protocol import (
     unb64,
 )
 from ppml.keys.expiring_keys import ExpiringKeys
-from ppml.keys.kms import KeyManagementService, open_kms
+from ppml.keys.kms import KeyManagementService
+from ppml.keys.settings import KeySettings
 
 __all__ = ["BrokerService", "Refusal", "open_backends"]
 
 log = logging.getLogger("ppml.broker")
 _MAX_LOGGED_REFERENCE = 256
-_SECRET_SETTINGS = {"local": {"passphrase"}, "pkcs11": set(), "azure": set()}
 
 
 @dataclass
@@ -51,20 +51,10 @@ class Refusal(Exception):
     reason: str
 
 
-def open_backends(entries: tuple[Mapping[str, Any], ...]) -> dict[str, KeyManagementService]:
+def open_backends(entries: tuple[Mapping[str, Any], ...], *, where: str) -> dict[str, KeyManagementService]:
     """KMS backends from the configuration's ``kms`` list, by name. Secrets stay sources until used."""
-    from ppml.keys.settings import read_secret_source
-
-    backends: dict[str, KeyManagementService] = {}
-    for entry in entries:
-        settings = {k: v for k, v in entry.items() if k != "backend"}
-        name = str(entry["backend"])
-        for secret in _SECRET_SETTINGS.get(name, set()) & set(settings):
-            source = settings[secret]
-            settings[secret] = lambda source=source, secret=secret: read_secret_source(source, what=f"{name} {secret}")
-        backend = open_kms(name, **settings)
-        backends[backend.name] = backend
-    return backends
+    settings, names = KeySettings.from_backend_entries(entries, where=where)
+    return settings.backends(names)
 
 
 class BrokerService:
@@ -74,7 +64,7 @@ class BrokerService:
         self.config = config
         self.policies: tuple[Policy, ...] = config.policies
         self.verifiers: dict[str, EvidenceVerifier] = {t: open_verifier(t, **s) for t, s in config.verifiers.items()}
-        self.backends = dict(backends) if backends is not None else open_backends(config.kms)
+        self.backends = dict(backends) if backends is not None else open_backends(config.kms, where=f"broker configuration {config.source}")
         self.audit = AuditLog(config.audit_log)
         self.counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()

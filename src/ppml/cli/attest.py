@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated
 
 import typer
 
 from ppml.attest.evidence import MAX_EVIDENCE_SIZE, Evidence, available_verifiers, open_verifier
 from ppml.cli._common import emit_json, err
+from ppml.cli.options import VerifierChoice, verifier_options
 from ppml.errors import AttestationError, NotFoundError, UsageError
 
 app = typer.Typer(help="Verify attestation evidence (SGX/TDX quotes, MAA tokens, TPM quotes).",
                   no_args_is_help=True, rich_markup_mode="markdown")
 
-# Which options belong to which evidence type, so a misplaced option is an error instead of being ignored.
-_OPTION_TYPES = {"--collateral": ("sgx", "tdx"), "--jwks": ("maa",), "--issuer": ("maa",),
-                 "--min-rsa-bits": ("maa",), "--ca": ("tpm",)}
-
 
 @app.callback()
 def _attest() -> None:
     """Verify attestation evidence (SGX/TDX quotes, MAA tokens, TPM quotes)."""
-
-
-def parse_time(text: str | None) -> datetime:
-    """``--at``: an ISO 8601 time (a time without a zone is UTC), or now."""
-    if text is None:
-        return datetime.now(timezone.utc)
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"--at {text!r} is not an ISO 8601 time", hint="e.g. --at 2025-07-15T00:00:00Z") from None
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
 
 
 def read_evidence(path: Path, evidence_type: str | None) -> Evidence:
@@ -74,53 +60,15 @@ def read_evidence(path: Path, evidence_type: str | None) -> Evidence:
                            f"\"{evidence_type}\", ...}}), which --type {evidence_type} needs")
 
 
-def verifier_settings(evidence_type: str, *, collateral: Path | None = None, jwks: Path | None = None,
-                      issuer: list[str] | None = None, min_rsa_bits: int | None = None,
-                      ca: list[Path] | None = None) -> dict[str, Any]:
-    """Verifier settings from the command-line options, refusing options that do not fit the type."""
-    given = {"--collateral": collateral, "--jwks": jwks, "--issuer": issuer, "--min-rsa-bits": min_rsa_bits,
-             "--ca": ca}
-    for option, value in given.items():
-        if value is not None and value != [] and evidence_type not in _OPTION_TYPES[option]:
-            raise UsageError(f"{option} is for --type {' or '.join(_OPTION_TYPES[option])}, not --type {evidence_type}")
-    settings: dict[str, Any] = {}
-    if evidence_type in ("sgx", "tdx") and collateral is not None:
-        settings["collateral"] = collateral
-    elif evidence_type == "maa":
-        if jwks is None or not issuer:
-            raise UsageError("--type maa needs --jwks FILE and at least one --issuer URL",
-                             hint="download the JWKS from https://<provider>/certs; the issuer is https://<provider>")
-        settings.update(jwks=jwks, issuers=issuer)
-        if min_rsa_bits is not None:
-            settings["min_rsa_bits"] = min_rsa_bits
-    elif evidence_type == "tpm":
-        if not ca:
-            raise UsageError("--type tpm needs --ca FILE: the CA that issued the attestation key's certificate")
-        settings["ca_certificates"] = list(ca)
-    return settings
-
-
 @app.command("verify")
+@verifier_options
 def verify(
     evidence_file: Annotated[Path, typer.Argument(
         metavar="EVIDENCE", help="Evidence: a JSON evidence document; for sgx/tdx also a raw quote file, "
                                  "for maa also a file holding the JWT.")],
+    verification: VerifierChoice,
     evidence_type: Annotated[str, typer.Option(
         "--type", metavar="TYPE", help="Evidence type: " + ", ".join(available_verifiers()) + ".")],
-    collateral: Annotated[Optional[Path], typer.Option(
-        help="sgx/tdx: collateral JSON (Intel PCS/PCCS, as dcap-qvl writes it), if the evidence has none.")] = None,
-    jwks: Annotated[Optional[Path], typer.Option(
-        help="maa: the attestation provider's signing keys (JWKS JSON from https://PROVIDER/certs).")] = None,
-    issuer: Annotated[Optional[list[str]], typer.Option(
-        "--issuer", metavar="URL", help="maa: an accepted token issuer (repeatable).")] = None,
-    min_rsa_bits: Annotated[Optional[int], typer.Option(
-        help="maa: smallest RSA signing key accepted [default: 2048].")] = None,
-    ca: Annotated[Optional[list[Path]], typer.Option(
-        "--ca", metavar="FILE", help="tpm: a CA certificate (PEM) trusted to issue attestation keys (repeatable).")
-    ] = None,
-    at: Annotated[Optional[str], typer.Option(
-        "--at", metavar="TIME", help="Verify as of this ISO 8601 time, e.g. 2025-07-15T00:00:00Z [default: now].")
-    ] = None,
 ) -> None:
     """Verify attestation evidence and print the claims it proves as JSON.
 
@@ -134,9 +82,8 @@ def verify(
     * `ppml attest verify token.jwt --type maa --jwks certs.json --issuer https://shareduks.uks.attest.azure.net`
     * `ppml attest verify evidence.json --type sgx --at 2025-07-15T00:00:00Z`
     """
-    settings = verifier_settings(evidence_type, collateral=collateral, jwks=jwks, issuer=issuer,
-                                 min_rsa_bits=min_rsa_bits, ca=ca)
-    when = parse_time(at)
+    settings = verification.settings(evidence_type)
+    when = verification.time()
     verifier = open_verifier(evidence_type, **settings)
     evidence = read_evidence(evidence_file, evidence_type)
     verified = verifier.verify(evidence, at=when)

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import AZURE_VAULT_ENV, ClientIdOpt, ForceOpt, JsonOpt, emit_json, err
+from ppml.cli._common import ForceOpt, JsonOpt, emit_json, err
+from ppml.cli.options import ClientIdOpt, VaultOpt
 from ppml.errors import AlreadyExistsError, ConfigError, UsageError
 from ppml.keys import secure_files
 
@@ -23,9 +24,6 @@ secret_app = typer.Typer(help="Store, read and generate Key Vault secrets; value
 app.add_typer(secret_app, name="secret")
 
 NameArg = Annotated[str, typer.Argument(help="Secret name (letters, digits, hyphens).")]
-SecretVaultOpt = Annotated[Optional[str], typer.Option(
-    "--vault", metavar="NAME|URL", envvar=AZURE_VAULT_ENV, show_envvar=True,
-    help="Azure Key Vault name (kv1) or URL.")]
 
 
 def _azure():
@@ -39,7 +37,7 @@ def _azure():
 
 def _vault(vault: str | None) -> str:
     if not vault:
-        raise UsageError("name the vault: --vault NAME (or URL)", hint=f"or set {AZURE_VAULT_ENV}")
+        raise UsageError("name the vault: --vault NAME (or URL)", hint="or set PPML_AZURE_VAULT")
     return vault
 
 
@@ -70,7 +68,7 @@ def set_(
     name: NameArg,
     value_file: Annotated[Optional[Path], typer.Option(
         "--value-file", help="Read the value from this file ('-' for stdin). Default: stdin, or a prompt.")] = None,
-    vault: SecretVaultOpt = None,
+    vault: VaultOpt = None,
     client_id: ClientIdOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -106,7 +104,7 @@ def set_(
 @secret_app.command()
 def get(
     name: NameArg,
-    vault: SecretVaultOpt = None,
+    vault: VaultOpt = None,
     version: Annotated[Optional[str], typer.Option("--version", help="A secret version (default: latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write the value to this file (mode 0600).")] = None,
@@ -139,7 +137,7 @@ def get(
 def generate(
     name: NameArg,
     length: Annotated[int, typer.Option("--length", min=16, max=1024, help="Characters (6 random bits each).")] = 32,
-    vault: SecretVaultOpt = None,
+    vault: VaultOpt = None,
     client_id: ClientIdOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import JsonOpt, KeystoreOpt, emit_json, err
+from ppml.cli._common import JsonOpt, emit_json, err
+from ppml.cli.options import KeystoreOpt, VerifierChoice, verifier_options
 
 app = typer.Typer(help="The key broker: releases data keys only to attested workloads.", no_args_is_help=True)
 policy_app = typer.Typer(help="Release policies.", no_args_is_help=True)
@@ -84,20 +85,15 @@ def serve(config: ConfigOpt) -> None:
 
 
 @policy_app.command("check")
+@verifier_options
 def policy_check(
     policy: Annotated[Path, typer.Argument(help="Policy file (YAML).")],
     evidence: Annotated[Path, typer.Argument(help="Evidence: a JSON evidence document, a raw quote or a JWT.")],
-    evidence_type: Annotated[Optional[str], typer.Option("--type", help="sgx, tdx, maa, tpm or simulated, for raw "
-                                                                         "quotes and tokens.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Take verifier settings from this broker "
-                                                                          "configuration.")] = None,
-    collateral: Annotated[Optional[Path], typer.Option("--collateral", help="SGX/TDX collateral (JSON).")] = None,
-    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="MAA signing keys (JWKS).")] = None,
-    issuer: Annotated[Optional[list[str]], typer.Option("--issuer", help="Accepted MAA issuer (repeatable).")] = None,
-    min_rsa_bits: Annotated[Optional[int], typer.Option("--min-rsa-bits", help="Smallest MAA RSA signing key "
-                                                                                "accepted [default: 2048].")] = None,
-    ca: Annotated[Optional[list[Path]], typer.Option("--ca", help="TPM attestation-key CA (repeatable).")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Verify as of this ISO 8601 time [default: now].")] = None,
+    verification: VerifierChoice,
+    evidence_type: Annotated[Optional[str], typer.Option(
+        "--type", metavar="TYPE", help="sgx, tdx, maa, tpm or simulated, for raw quotes and tokens.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", metavar="FILE", help="Take verifier settings from this broker configuration.")] = None,
 ) -> None:
     """Say whether POLICY releases its keys to EVIDENCE, and why (exit 0 allow, 1 deny).
 
@@ -105,7 +101,7 @@ def policy_check(
     """
     from ppml.attest.evidence import open_verifier
     from ppml.attest.policy import load_policy
-    from ppml.cli.attest import parse_time, read_evidence, verifier_settings
+    from ppml.cli.attest import read_evidence
     from ppml.errors import AttestationError
 
     rules = load_policy(policy)
@@ -118,9 +114,8 @@ def policy_check(
             raise AttestationError(f"the broker configuration {config} does not accept {loaded.type} evidence")
         settings = dict(configured[loaded.type])
     else:
-        settings = verifier_settings(loaded.type, collateral=collateral, jwks=jwks, issuer=issuer,
-                                     min_rsa_bits=min_rsa_bits, ca=ca)
-    when = parse_time(at)
+        settings = verification.settings(loaded.type)
+    when = verification.time()
     verified = open_verifier(loaded.type, **settings).verify(loaded, at=when)
     decision = rules.evaluate(verified)
     emit_json("broker.policy.check", {**decision.to_json(), "evidence": verified.to_json(),

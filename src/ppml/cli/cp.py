@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ppml.cli._common import (
-    ForceOpt,
-    JsonOpt,
-    KeystoreOpt,
-    PassFileOpt,
-    PrimaryKeyPlaintextOpt,
-    WorkersOpt,
-    bigdl_backends,
-    byte_progress,
-    emit_json,
-    err,
-    keyring,
-)
-from ppml.crypto.formats import DEFAULT_FORMAT, get_format
-from ppml.crypto.gcm_stream import SEGMENT_PRESETS
+from ppml.cli._common import ForceOpt, JsonOpt, WorkersOpt, byte_progress, emit_json, err
+from ppml.cli.data import DataKeyOpt, ModeOpt, SegmentOpt, refuse_stdin_secrets
+from ppml.cli.options import key_options, passphrase_prompt
 from ppml.errors import UsageError
 from ppml.io import files
+from ppml.io.encryption import prepare_encryption
 from ppml.io.storage import Location, locate
+from ppml.keys.settings import KeySettings
 
 __all__ = ["register", "cp"]
-
-_BIGDL_KMS = {"bigdl-plaintext", "SimpleKeyManagementService"}
-
 
 def _destination(source: Location, dst: str) -> str:
     """``DST``, or ``DST/<name of SRC>`` when DST ends with ``/`` or is a whole Azure container."""
@@ -41,21 +27,18 @@ def _destination(source: Location, dst: str) -> str:
     return dst
 
 
+@key_options
 def cp(
     src: Annotated[str, typer.Argument(help="File or folder to copy: local path or abfs://, abfss://, az:// URL.")],
     dst: Annotated[str, typer.Argument(
         help="Destination path or URL; ending in / (or a bare container) means: into it, under SRC's name.")],
+    keys: KeySettings,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Copy a folder and everything below it.")] = False,
     encrypt: Annotated[bool, typer.Option(
         "--encrypt", help="Encrypt while copying (needs --data-key); plaintext never reaches the destination.")] = False,
-    data_key: Annotated[Optional[Path], typer.Option("--data-key", help="Data-key file for --encrypt.")] = None,
-    mode: Annotated[Optional[str], typer.Option(
-        "--mode", help="Crypto mode for --encrypt: aes_gcm_stream (default) or aes/cbc/pkcs5padding.")] = None,
-    segment: Annotated[str, typer.Option(
-        "--segment", help="aes_gcm_stream segment preset: " + ", ".join(SEGMENT_PRESETS))] = "AES256_GCM_HKDF_1MB",
-    keystore: KeystoreOpt = None,
-    passphrase_file: PassFileOpt = None,
-    primary_key_plaintext: PrimaryKeyPlaintextOpt = None,
+    data_key: DataKeyOpt = None,
+    mode: ModeOpt = None,
+    segment: SegmentOpt = None,
     workers: WorkersOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -78,33 +61,22 @@ def cp(
     source = locate(src)
     if source.is_dir() and not recursive:
         raise UsageError(f"{source.url} is a folder", hint="pass --recursive (-r) to copy a folder")
-    if not encrypt and (data_key is not None or mode is not None):
-        raise UsageError("--data-key and --mode are for --encrypt", hint="add --encrypt, or drop them")
+    if not encrypt and (data_key is not None or mode is not None or segment is not None):
+        raise UsageError("--data-key, --mode and --segment are for --encrypt", hint="add --encrypt, or drop them")
     target = _destination(source, dst)
     total = sum(size for _, size in source.files(include_hidden=not encrypt))
     if encrypt:
         if data_key is None:
             raise UsageError("--encrypt needs --data-key FILE", hint="create one with 'ppml keys data-key --out FILE'")
-        fmt = get_format(mode or DEFAULT_FORMAT)
-        if not fmt.encrypted:
-            raise UsageError(f"{fmt.name!r} does not encrypt", hint="choose an encrypted --mode")
-        if segment not in SEGMENT_PRESETS:
-            raise UsageError(f"unknown segment preset {segment!r}", hint="choose one of: " + ", ".join(SEGMENT_PRESETS))
-        ring = keyring(keystore, passphrase_file, bigdl_backends(primary_key_plaintext, None, None, False))
-        record, key = ring.open_data_key_file(str(data_key))
-        is_bigdl_key = all(w.kms in _BIGDL_KMS for w in record.envelope)
-        if (fmt.name == "aes/cbc/pkcs5padding") != is_bigdl_key:
-            raise UsageError(f"{data_key} is {'a BigDL' if is_bigdl_key else 'a ppml'} data key; mode {fmt.name} "
-                             f"needs {'a ppml' if is_bigdl_key else 'a BigDL'} one")
-        options = {"segment_size": SEGMENT_PRESETS[segment]} if fmt.name == "aes_gcm_stream" else {}
+        refuse_stdin_secrets(keys)
+        encryption = prepare_encryption(data_key, keys, mode=mode, segment=segment, prompt=passphrase_prompt())
         with byte_progress("encrypting", total) as advance:
-            report = files.encrypt(src, target, key=key, envelope=record.envelope, mode=fmt.name, force=force,
-                                   workers=workers, progress=advance, **options)
-        report.operation = "cp"
+            report = files.encrypt(src, target, force=force, workers=workers, progress=advance,
+                                   **encryption.writer_arguments())
     else:
         with byte_progress("copying", total) as advance:
             report = files.copy(src, target, force=force, workers=workers, progress=advance)
-        report.operation = "cp"
+    report.operation = "cp"
     if as_json:
         emit_json("cp", {**report.to_json(), "source": source.url, "destination": target, "encrypted": encrypt})
         return

@@ -14,7 +14,6 @@ import typer
 from ppml.cli._common import JsonOpt, demo_keys, emit_json, err
 from ppml.io import files, rotation
 from ppml.io.storage import locate
-from ppml.keys.keyring import KeyRing
 
 _NATIONS = ["ALGERIA", "ARGENTINA", "BRAZIL", "CANADA", "EGYPT", "FRANCE", "GERMANY", "INDIA", "JAPAN", "KENYA"]
 
@@ -66,8 +65,8 @@ def demo(
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    kms, record, key = demo_keys(directory, "default", directory / "data-key.json", step)
-    ring = KeyRing([kms])
+    keys, record, key = demo_keys(directory, "default", directory / "data-key.json", step)
+    ring = keys.keyring()
 
     plain = directory / "plain"
     if not (plain / "orders.csv").exists():
@@ -77,7 +76,7 @@ def demo(
 
     encrypted = directory / "encrypted"
     report = files.encrypt(str(plain), str(encrypted), key=key, envelope=record.envelope, force=True)
-    step(f"Encrypted {report.files} files ({report.bytes / 1e6:.1f} MB) into {encrypted} with aes_gcm_stream "
+    step(f"Encrypted {report.files} files ({report.bytes / 1e6:.1f} MB) into {encrypted} with {report.mode} "
          f"in {report.seconds:.2f} s.", seconds=round(report.seconds, 3))
 
     info = files.describe(locate(str(encrypted / "orders.csv.ppml")))
@@ -101,6 +100,7 @@ def demo(
     step(f"Decrypted into {decrypted} in {back.seconds:.2f} s; SHA-256 of every file matches the original: "
          f"{'yes' if same else 'NO'}.", round_trip=same)
 
+    kms = keys.primary()
     kms.rotate_key("default")
     rewrapped = rotation.rewrap(str(encrypted), keyring=ring, backend=kms, key_name="default")
     usage = rotation.key_usage(rotation.scan(str(encrypted)))

@@ -11,8 +11,7 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__
-from ppml.cli import attest, azure, broker, data, keys, tpch
-from ppml.cli import cp
+from ppml.cli import attest, azure, broker, cp, data, keys, tpch
 from ppml.cli._common import err
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError

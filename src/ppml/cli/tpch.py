@@ -10,21 +10,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ppml.cli._common import (
-    ForceOpt,
-    JsonOpt,
-    KeystoreOpt,
-    PassFileOpt,
-    PrimaryKeyPlaintextOpt,
-    byte_progress,
-    demo_keys,
-    emit_json,
-    err,
-    keyring,
-    local_kms,
-)
+from ppml.cli._common import ForceOpt, JsonOpt, byte_progress, demo_keys, emit_json, err
+from ppml.cli.data import ModeOpt, SegmentOpt
+from ppml.cli.options import key_options, passphrase_prompt
+from ppml.crypto.formats import DEFAULT_FORMAT, PLAINTEXT
 from ppml.errors import IntegrityError, UsageError
 from ppml.keys.local import PASSWORD_ENV
+from ppml.keys.settings import KeySettings
 
 app = typer.Typer(help="TPC-H on encrypted data with Spark: generate, encrypt, run, check.", no_args_is_help=True,
                   rich_markup_mode="markdown")
@@ -61,14 +53,10 @@ def _session(master: str, conf: list[str] | None, app_name: str, auth_secret_fil
     return spark
 
 
-def _context(spark, *, data_key: Path | None, keystore: Path | None, passphrase_file: Path | None,
-             primary_key_plaintext: str | None):
+def _context(spark, *, data_key: Path | None, keys: KeySettings):
     from ppml.spark import PPMLContext
 
-    return PPMLContext(spark, data_key=str(data_key) if data_key else None,
-                       keystore=str(keystore) if keystore else None,
-                       keystore_password_file=str(passphrase_file) if passphrase_file else None,
-                       primary_key_plaintext=primary_key_plaintext)
+    return PPMLContext(spark, keys=keys, data_key=str(data_key) if data_key else None)
 
 
 @app.command()
@@ -95,14 +83,14 @@ def gen(
 
 
 @app.command("encrypt")
+@key_options
 def encrypt_cmd(
     src: Annotated[str, typer.Argument(help="Folder with the eight <table>.tbl files.")],
     dst: Annotated[str, typer.Argument(help="Folder for the encrypted tables.")],
-    data_key: Annotated[Path, typer.Option("--data-key", help="Data-key file.")],
-    mode: Annotated[str, typer.Option("--mode", help="Crypto mode.")] = "aes_gcm_stream",
-    keystore: KeystoreOpt = None,
-    passphrase_file: PassFileOpt = None,
-    primary_key_plaintext: PrimaryKeyPlaintextOpt = None,
+    keys: KeySettings,
+    data_key: Annotated[Path, typer.Option("--data-key", metavar="FILE", help="Data-key file.")],
+    mode: ModeOpt = None,
+    segment: SegmentOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -110,16 +98,14 @@ def encrypt_cmd(
 
     **Example**: `ppml tpch encrypt tpch/plain tpch/enc --data-key dk.json`
     """
-    from ppml.cli._common import bigdl_backends
+    from ppml.io.encryption import prepare_encryption
     from ppml.io.storage import locate
     from ppml.tpch.runner import encrypt_tables
 
-    ring = keyring(keystore, passphrase_file, bigdl_backends(primary_key_plaintext, None, None, False))
-    record, key = ring.open_data_key_file(str(data_key))
+    encryption = prepare_encryption(data_key, keys, mode=mode, segment=segment, prompt=passphrase_prompt())
     total = sum(size for _, size in locate(src).files())
     with byte_progress("encrypting tables", total) as advance:
-        report = encrypt_tables(src, dst, key=key, envelope=record.envelope, crypto_mode=mode, force=force,
-                                progress=advance)
+        report = encrypt_tables(src, dst, encryption, force=force, progress=advance)
     if as_json:
         emit_json("tpch.encrypt", report.to_json())
         return
@@ -133,7 +119,7 @@ def _oracle_for(input_dir: str, input_mode: str, ring, plaintext: Path | None, s
 
     if plaintext is not None:
         return Oracle(plaintext, scale=scale)
-    if input_mode == "plain_text":
+    if input_mode == PLAINTEXT:
         return Oracle(input_dir, scale=scale)
     return decrypted_oracle(input_dir, ring, scale=scale)
 
@@ -174,22 +160,23 @@ def _report_mismatches(runs) -> None:
 
 
 @app.command()
+@key_options
 def run(
     input_dir: Annotated[str, typer.Argument(help="Folder with <table>.tbl* files.")],
     output_dir: Annotated[str, typer.Argument(help="Folder for Q01..Q22 and TIMES.txt.")],
     input_mode: Annotated[str, typer.Argument(help="Crypto mode of the input.")],
     output_mode: Annotated[str, typer.Argument(help="Crypto mode of the results.")],
+    keys: KeySettings,
     queries: Annotated[Optional[list[str]], typer.Argument(help="Query numbers (default: all 22).")] = None,
-    data_key: Annotated[Optional[Path], typer.Option("--data-key", help="Data-key file for encrypted results.")] = None,
+    data_key: Annotated[Optional[Path], typer.Option("--data-key", metavar="FILE",
+                                                     help="Data-key file for encrypted results.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Compare every result with the DuckDB oracle.")] = False,
     plaintext: Annotated[Optional[Path], typer.Option(
-        "--plaintext", help="Plaintext .tbl folder for --check (default: decrypt the input in memory).")] = None,
+        "--plaintext", metavar="DIR", help="Plaintext .tbl folder for --check (default: decrypt the input in "
+                                           "memory).")] = None,
     master: MasterOpt = "local[*]",
     conf: ConfOpt = None,
     auth_secret_file: AuthSecretOpt = None,
-    keystore: KeystoreOpt = None,
-    passphrase_file: PassFileOpt = None,
-    primary_key_plaintext: PrimaryKeyPlaintextOpt = None,
     scale: Annotated[Optional[float], typer.Option(
         "--scale", help="Scale factor of the data (Q11's parameter depends on it) [default: 1, or the one "
                         "recorded by 'ppml tpch gen' next to the plaintext].")] = None,
@@ -203,7 +190,6 @@ def run(
     * `ppml tpch run tpch/enc out aes_gcm_stream aes_gcm_stream --data-key dk.json --check`
     * `ppml tpch run tpch/plain out plain_text plain_text 1 6`
     """
-    from ppml.cli._common import bigdl_backends
     from ppml.crypto.formats import get_format
     from ppml.tpch.gen import read_scale
     from ppml.tpch.runner import ppml_tables, run_queries, warm_up
@@ -215,13 +201,12 @@ def run(
         raise UsageError(f"output mode {output_mode} needs --data-key FILE")
     if scale is None:
         scale = read_scale(plaintext or input_dir) if plaintext or "://" not in input_dir else None
-    _export_passphrase(keystore, passphrase_file)
+    if master.startswith("local"):
+        _export_passphrase(keys)
     spark = _session(master, conf, "ppml-tpch", auth_secret_file)
     try:
-        ctx = _context(spark, data_key=data_key, keystore=keystore, passphrase_file=passphrase_file,
-                       primary_key_plaintext=primary_key_plaintext)
-        ring = keyring(keystore, passphrase_file, bigdl_backends(primary_key_plaintext, None, None, False))
-        oracle = _oracle_for(input_dir, input_mode, ring, plaintext, scale) if check else None
+        ctx = _context(spark, data_key=data_key, keys=keys)
+        oracle = _oracle_for(input_dir, input_mode, keys.keyring(), plaintext, scale) if check else None
         tables = ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune)
         with err.status("running") as status:
             warm_up(tables)
@@ -236,14 +221,13 @@ def run(
     _report_mismatches(runs)
 
 
-def _export_passphrase(keystore: Path | None, passphrase_file: Path | None) -> None:
-    """Make the key store passphrase available to local Spark workers (they inherit this environment)."""
-    if passphrase_file is None and not os.environ.get(PASSWORD_ENV):
-        kms = local_kms(keystore, None)
-        if kms.exists:
-            from ppml.cli._common import passphrase_source
-
-            os.environ[PASSWORD_ENV] = passphrase_source(None)()
+def _export_passphrase(keys: KeySettings) -> None:
+    """A passphrase typed at the prompt reaches local Spark workers through the environment they inherit."""
+    if keys.kms != "local" or keys.passphrase or os.environ.get(PASSWORD_ENV):
+        return
+    prompt = passphrase_prompt()
+    if prompt is not None and keys.primary().exists:
+        os.environ[PASSWORD_ENV] = prompt()
 
 
 @app.command()
@@ -263,6 +247,7 @@ def demo(
 
     **Example**: `ppml tpch demo --scale 1 --dir /data/ppml-demo`
     """
+    from ppml.io.encryption import Encryption
     from ppml.tpch.gen import generate
     from ppml.tpch.oracle import Oracle
     from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables, warm_up
@@ -277,39 +262,37 @@ def demo(
     generate(scale, work / "plain")
 
     key_file = directory / "tpch-data-key.json"
-    kms, record, key = demo_keys(directory, "tpch", key_file, lambda text, **facts: say(text))
+    keys, record, key = demo_keys(directory, "tpch", key_file, lambda text, **facts: say(text))
 
     encrypted = work / "encrypted"
     if not (encrypted / "lineitem.tbl.ppml").exists():
         total = sum(p.stat().st_size for p in (work / "plain").glob("*.tbl"))
         with byte_progress("encrypting tables", total) as advance:
-            report = encrypt_tables(str(work / "plain"), str(encrypted), key=key, envelope=record.envelope,
-                                    force=True, progress=advance)
+            report = encrypt_tables(str(work / "plain"), str(encrypted),
+                                    Encryption(DEFAULT_FORMAT, key, record.envelope), force=True, progress=advance)
         say(f"Encrypted 8 tables ({report.bytes / 1e6:,.0f} MB) into {encrypted} in {report.seconds:.2f} s")
     else:
         say(f"Reusing the encrypted tables in {encrypted}")
 
     # Spark's workers read the passphrase themselves: from the environment they inherit, or the demo's file.
-    pass_file = None if os.environ.get(PASSWORD_ENV) else directory / "keystore.pass"
     spark = _session(master, None, "ppml-tpch-demo")
     try:
-        ctx = _context(spark, data_key=key_file, keystore=kms.path, passphrase_file=pass_file,
-                       primary_key_plaintext=None)
+        ctx = _context(spark, data_key=key_file, keys=keys)
         oracle = Oracle(work / "plain")
         started = time.perf_counter()
         with err.status("warming up") as status:
             def progress(prefix):
                 return lambda label: status.update(f"{prefix} {label}")
 
-            encrypted_tables = ppml_tables(ctx, str(encrypted), "aes_gcm_stream", scale=scale)
+            encrypted_tables = ppml_tables(ctx, str(encrypted), DEFAULT_FORMAT, scale=scale)
             plain_tables = spark_csv_tables(spark, work / "plain", scale=scale)
             warm_up(encrypted_tables)
             warm_up(plain_tables)
             encrypted_runs = run_queries(ctx, encrypted_tables,
-                                         str(work / "results-encrypted"), "aes_gcm_stream", numbers, oracle=oracle,
+                                         str(work / "results-encrypted"), DEFAULT_FORMAT, numbers, oracle=oracle,
                                          progress=progress("encrypted input, encrypted output:"))
             plain_runs = run_queries(ctx, plain_tables,
-                                     str(work / "results-plaintext"), "plain_text", numbers, spark_writer=True,
+                                     str(work / "results-plaintext"), PLAINTEXT, numbers, spark_writer=True,
                                      progress=progress("plaintext with Spark's CSV reader:"))
         elapsed = time.perf_counter() - started
     finally:

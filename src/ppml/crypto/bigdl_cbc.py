@@ -29,6 +29,9 @@ The ``.meta`` sidecar
 ---------------------
 BigDL writes ``<output dir>/.meta`` after every encrypted write; :func:`encode_meta` and
 :func:`decode_meta` produce and parse it without any file I/O.
+
+:mod:`ppml.crypto.bigdl_cbc_format` puts this codec behind the :class:`~ppml.crypto.formats.FileFormat`
+interface.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import io
 import json
 import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -48,12 +50,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ppml.crypto._reader import SealingWriter, SeekablePlaintext
 from ppml.crypto.datakey import DataKey
-from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import FileFormat, FileInfo
 from ppml.errors import CorruptHeaderError, IntegrityError
 
 __all__ = [
-    "BigdlCbcFormat",
+    "looks_like_header",
+    "SUFFIX",
     "BigdlCbcReader",
     "BigdlCbcWriter",
     "BigdlHeader",
@@ -84,7 +85,7 @@ BIGDL_KMS = "bigdl"
 CHUNK_SIZE = 1024 * 1024
 _MAX_CHUNKS = 1 << 16  # bounds the per-chunk index to 3 MiB; beyond 64 GiB the chunks grow instead
 _INDEX_ENTRY = 32 + BLOCK_SIZE  # sha-256 of the chunk || its last ciphertext block
-_SUFFIX = ".cbc"
+SUFFIX = ".cbc"
 
 _MISMATCH = "the HMAC does not match: the file was modified, truncated, or the data key is wrong"
 _MISMATCH_HINT = ("check that the data key (or the directory's .meta) belongs to this file; "
@@ -120,7 +121,7 @@ def _read_exactly(raw: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _looks_like_header(head: bytes) -> bool:
+def looks_like_header(head: bytes) -> bool:
     if len(head) < _LENGTHS.size:
         return False
     length, iv_length = _LENGTHS.unpack_from(head)
@@ -433,59 +434,3 @@ class BigdlCbcReader(SeekablePlaintext):
         self._data = b""
         self._loaded = -1
         super().close()
-
-
-class BigdlCbcFormat(FileFormat):
-    """BigDL PPML's ``aes/cbc/pkcs5padding`` row files (v2, BigDL 2.3+); see the module docstring."""
-
-    name = "aes/cbc/pkcs5padding"
-    aliases = ("aes_cbc_pkcs5padding",)
-    suffix = _SUFFIX
-    splittable = False
-    encrypted = True
-
-    @classmethod
-    def sniff(cls, head: bytes, path: str) -> bool:
-        return str(path).endswith(_SUFFIX) and _looks_like_header(head)
-
-    def describe(self, raw: BinaryIO, *, name: str) -> FileInfo:
-        raw.seek(0)
-        header = read_header(raw, name=name)
-        size = raw.seek(0, io.SEEK_END)
-        envelope = (WrappedKey(BIGDL_KMS, "", "", header.encrypted_data_key),) if header.encrypted_data_key else ()
-        return FileInfo(
-            self.name,
-            envelope,
-            {
-                "algorithm": "AES-128-CBC-PKCS5 + HMAC-SHA256 (BigDL PPML v2)",
-                "header_size": HEADER_SIZE,
-                "encrypted_data_key_size": len(header.encrypted_data_key),
-                "iv": header.iv.hex(),
-                "ciphertext_size": max(0, size - HEADER_SIZE - MAC_SIZE),
-                "mac_size": MAC_SIZE,
-                "authenticated_header": False,
-            },
-        )
-
-    def open_reader(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> BigdlCbcReader:
-        if key is None:
-            raise ValueError("aes/cbc/pkcs5padding files need a data key to read")
-        return BigdlCbcReader(raw, key, name=name)
-
-    def open_writer(self, raw: BinaryIO, key: DataKey | None, envelope: Sequence[WrappedKey], *,
-                    name: str, **options: object) -> BigdlCbcWriter:
-        if key is None:
-            raise ValueError("aes/cbc/pkcs5padding files need a data key to write")
-        if options:
-            raise TypeError(f"unknown aes/cbc/pkcs5padding option(s): {', '.join(sorted(options))}")
-        if len(envelope) > 1:
-            raise ValueError(f"a BigDL file holds one encrypted data key, not {len(envelope)}")
-        return BigdlCbcWriter(raw, key, envelope[0].wrapped if envelope else b"")
-
-    def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
-        """BigDL's ``.meta`` file, naming the folder's encrypted data key."""
-        return {META_FILE_NAME: encode_meta(envelope[0].wrapped.decode("ascii"))} if envelope else {}
-
-    def verify(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> int:
-        with self.open_reader(raw, key, name=name) as reader:
-            return reader.size

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ppml.crypto._reader import SealingWriter, SeekablePlaintext
 from ppml.crypto._streaming import (
     BODY_HEADER_SIZE,
     TAG_SIZE,
@@ -42,7 +43,6 @@ from ppml.crypto._streaming import (
     new_body_header,
     parse_body_header,
 )
-from ppml.crypto._reader import SealingWriter, SeekablePlaintext
 from ppml.crypto.datakey import DATA_KEY_SIZE, DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import CorruptHeaderError, IntegrityError, WrongKeyError

@@ -1,4 +1,4 @@
-"""Registers :mod:`ppml.crypto.gcm_stream` as the ``aes_gcm_stream`` format."""
+"""The ``aes_gcm_stream`` format: :mod:`ppml.crypto.gcm_stream` behind the :class:`FileFormat` interface."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ppml.crypto._streaming import SegmentLayout
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
+from ppml.errors import IntegrityError, UsageError
 
 __all__ = ["GcmStreamFormat"]
 
@@ -18,7 +19,8 @@ __all__ = ["GcmStreamFormat"]
 class GcmStreamFormat(FileFormat):
     name = "aes_gcm_stream"
     suffix = ".ppml"
-    splittable = True
+    segment_presets = tuple(gcm_stream.SEGMENT_PRESETS)
+    rewrappable = True
 
     @classmethod
     def sniff(cls, head: bytes, path: str) -> bool:
@@ -58,6 +60,39 @@ class GcmStreamFormat(FileFormat):
         if options:
             raise TypeError(f"unknown aes_gcm_stream option(s): {', '.join(sorted(options))}")
         return gcm_stream.EncryptingWriter(raw, key, envelope, segment_size=segment_size)
+
+    def writer_options(self, *, segment: str | None = None) -> dict[str, object]:
+        if segment is None:
+            return {}
+        size = gcm_stream.SEGMENT_PRESETS.get(segment)
+        if size is None:
+            raise UsageError(f"unknown segment preset {segment!r}",
+                             hint="choose one of: " + ", ".join(gcm_stream.SEGMENT_PRESETS))
+        return {"segment_size": size}
+
+    def layout_options(self, info: FileInfo) -> dict[str, object]:
+        return {"segment_size": int(info.facts["segment_size"])}
+
+    def split_ranges(self, info: FileInfo, split_size: int, *, name: str) -> list[tuple[int, int]]:
+        """Ranges that start on segment boundaries, so a task decrypts only its own segments."""
+        plain_size = info.facts["plaintext_size"]
+        if plain_size is None:
+            raise IntegrityError(f"{name}: the encrypted body is truncated or padded", path=name)
+        layout = SegmentLayout(int(info.facts["segment_size"]))
+        per_split = max(1, split_size // layout.plain)
+        count = layout.segment_of(max(int(plain_size) - 1, 0)) + 1
+        starts = [layout.plaintext_start(i) for i in range(0, count, per_split)]
+        return list(zip(starts, starts[1:] + [int(plain_size)]))
+
+    def replace_envelope(self, raw: BinaryIO, envelope: Sequence[WrappedKey], *, name: str) -> bool:
+        raw.seek(0)
+        header = gcm_stream.read_header(raw, name=name)
+        return gcm_stream.replace_envelope(raw, header, envelope)
+
+    def rewrapped_header(self, raw: BinaryIO, envelope: Sequence[WrappedKey], *, name: str) -> tuple[bytes, int]:
+        raw.seek(0)
+        header = gcm_stream.read_header(raw, name=name)
+        return gcm_stream.encode_header(header.authenticated, envelope), header.body_offset
 
     def verify(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> int:
         return self.open_reader(raw, key, name=name).verify()

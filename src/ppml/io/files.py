@@ -11,20 +11,26 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import SNIFF_SIZE, FileFormat, FileInfo, available_formats, detect_format, get_format
+from ppml.crypto.formats import (
+    DEFAULT_FORMAT,
+    SNIFF_SIZE,
+    FileFormat,
+    FileInfo,
+    available_formats,
+    detect_format,
+    get_format,
+)
 from ppml.errors import CorruptHeaderError, PpmlError, UsageError
 from ppml.io import azure as _azure
+from ppml.io.batch import Progress, Report, copy_stream, run_tasks
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys.keyring import KeyRing
 
 __all__ = [
-    "Report",
     "encrypt",
     "decrypt",
     "describe",
@@ -32,39 +38,9 @@ __all__ = [
     "open_decrypted",
     "open_encrypted",
     "copy",
-    "default_workers",
+    "encrypt_stream",
+    "decrypt_stream",
 ]
-
-Progress = Callable[[int], None]
-_CHUNK = 1 << 20
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-@dataclass
-class Report:
-    """What an operation did: files, plaintext bytes, seconds, and per-file details."""
-
-    operation: str
-    mode: str
-    files: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    details: list[dict[str, object]] = field(default_factory=list)
-
-    def finish(self, started: float) -> Report:
-        """Fill in the totals from :attr:`details` and the time since ``started`` (``perf_counter``)."""
-        self.files = len(self.details)
-        self.bytes = sum(int(d.get("bytes", 0)) for d in self.details)
-        self.seconds = time.perf_counter() - started
-        return self
-
-    def to_json(self) -> dict[str, object]:
-        return {"operation": self.operation, "mode": self.mode, "files": self.files, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "details": self.details}
-
 
 def _at(base: Location, relative: str) -> Location:
     return base.child(relative) if relative else base
@@ -129,7 +105,7 @@ def open_decrypted(url: str | Location, *, keyring: KeyRing | None = None, key: 
 
 @contextlib.contextmanager
 def open_encrypted(url: str | Location, *, key: DataKey | None, envelope: Sequence[WrappedKey],
-                   mode: str = "aes_gcm_stream", force: bool = False, **options: object) -> Iterator[BinaryIO]:
+                   mode: str = DEFAULT_FORMAT, force: bool = False, **options: object) -> Iterator[BinaryIO]:
     """Open a file for writing plaintext that lands encrypted, atomically (complete on success only)."""
     location = url if isinstance(url, Location) else locate(url)
     fmt = get_format(mode)
@@ -138,24 +114,7 @@ def open_encrypted(url: str | Location, *, key: DataKey | None, envelope: Sequen
             yield writer
 
 
-def _copy(reader: BinaryIO, writer: BinaryIO, progress: Progress | None) -> int:
-    total = 0
-    while chunk := reader.read(_CHUNK):
-        writer.write(chunk)
-        total += len(chunk)
-        if progress:
-            progress(len(chunk))
-    return total
-
-
-def _run(tasks: Sequence[Callable[[], dict[str, object]]], workers: int | None) -> list[dict[str, object]]:
-    if len(tasks) <= 1:
-        return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return list(pool.map(lambda task: task(), tasks))
-
-
-def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey], mode: str = "aes_gcm_stream",
+def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey], mode: str = DEFAULT_FORMAT,
             force: bool = False, workers: int | None = None, progress: Progress | None = None,
             **options: object) -> Report:
     """Encrypt a file, or every file of a tree, from ``src`` into ``dst``.
@@ -178,11 +137,11 @@ def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey],
                 out = _at(staging, out_rel)
                 with _at(source, relative).open("rb") as reader, out.open("wb") as raw, \
                         fmt.open_writer(raw, key, envelope, name=out.url, **options) as writer:
-                    written = _copy(reader, writer, progress)
+                    written = copy_stream(reader, writer, progress)
                 return {"source": _at(source, relative).url, "target": _at(target, out_rel).url, "bytes": written}
             return run
 
-        report.details = _run([task(rel, size) for rel, size in entries], workers)
+        report.details = run_tasks([task(rel, size) for rel, size in entries], workers)
         if source.is_dir():
             for name, data in fmt.sidecars(envelope).items():
                 with staging.child(name).open("wb") as handle:
@@ -221,12 +180,12 @@ def copy(src: str, dst: str, *, force: bool = False, workers: int | None = None,
             def task(relative: str) -> Callable[[], dict[str, object]]:
                 def run() -> dict[str, object]:
                     with _at(source, relative).open("rb") as reader, _at(staging, relative).open("wb") as writer:
-                        written = _copy(reader, writer, progress)
+                        written = copy_stream(reader, writer, progress)
                     return {"source": _at(source, relative).url, "target": _at(target, relative).url,
                             "bytes": written}
                 return run
 
-            report.details = _run([task(rel) for rel, _ in entries], workers)
+            report.details = run_tasks([task(rel) for rel, _ in entries], workers)
     return report.finish(started)
 
 
@@ -235,7 +194,7 @@ def _strip(relative: str, fmt: FileFormat) -> str:
 
 
 def encrypt_stream(reader: BinaryIO, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey],
-                   mode: str = "aes_gcm_stream", force: bool = False, progress: Progress | None = None,
+                   mode: str = DEFAULT_FORMAT, force: bool = False, progress: Progress | None = None,
                    **options: object) -> Report:
     """Encrypt everything ``reader`` yields (standard input, a pipe) into the file ``dst``, atomically."""
     fmt = get_format(mode)
@@ -243,7 +202,7 @@ def encrypt_stream(reader: BinaryIO, dst: str, *, key: DataKey, envelope: Sequen
         raise UsageError(f"{fmt.name!r} does not encrypt", hint="choose an encrypted --mode")
     started, target = time.perf_counter(), locate(dst)
     with open_encrypted(target, key=key, envelope=envelope, mode=fmt.name, force=force, **options) as writer:
-        written = _copy(reader, writer, progress)
+        written = copy_stream(reader, writer, progress)
     report = Report("encrypt", fmt.name)
     report.details = [{"source": "-", "target": target.url, "bytes": written}]
     return report.finish(started)
@@ -253,15 +212,16 @@ def decrypt_stream(src: str, writer: BinaryIO, *, keyring: KeyRing | None = None
                    mode: str | None = None, progress: Progress | None = None) -> Report:
     """Decrypt the file ``src`` into ``writer`` (standard output, a pipe) as it is read.
 
-    Each aes_gcm_stream segment is authenticated before its bytes are written, and BigDL files before any
-    byte is; but a stream cannot be taken back: if ``src`` turns out truncated or altered further on, the
-    bytes already written stay written and IntegrityError is raised, so consumers must check the outcome.
+    Segmented formats authenticate each segment before its bytes are written, whole-file formats (BigDL's)
+    the whole file before any byte is; but a stream cannot be taken back: if ``src`` turns out truncated or
+    altered further on, the bytes already written stay written and IntegrityError is raised, so consumers must
+    check the outcome.
     """
     started, location = time.perf_counter(), locate(src)
     if location.is_dir():
         raise UsageError(f"{location.url} is a folder; a stream takes one file", hint="decrypt folders to a folder")
     with open_decrypted(location, keyring=keyring, key=key, mode=mode) as reader:
-        written = _copy(reader, writer, progress)
+        written = copy_stream(reader, writer, progress)
     writer.flush()
     report = Report("decrypt", mode or "auto")
     report.details = [{"source": location.url, "target": "-", "bytes": written}]
@@ -286,12 +246,12 @@ def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey 
                 out = _at(staging, out_rel)
                 with open_decrypted(location, keyring=keyring, key=key, mode=fmt.name) as reader, \
                         out.open("wb") as writer:
-                    written = _copy(reader, writer, progress)
+                    written = copy_stream(reader, writer, progress)
                 return {"source": location.url, "target": _at(target, out_rel).url,
                         "format": fmt.name, "bytes": written}
             return run
 
-        report.details = _run([task(rel) for rel, _ in entries], workers)
+        report.details = run_tasks([task(rel) for rel, _ in entries], workers)
     return report.finish(started)
 
 
@@ -323,7 +283,7 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
             return result
         return run
 
-    report.details = _run([task(rel, size) for rel, size in source.files()], workers)
+    report.details = run_tasks([task(rel, size) for rel, size in source.files()], workers)
     return report.finish(started)
 
 

@@ -2,10 +2,11 @@
 
 Three operations that never overlap:
 
-* :func:`rewrap` re-wraps the data keys found in ``aes_gcm_stream`` headers and data-key files with the
-  current version of a primary key. Plaintext data is never produced and no body byte changes; the
-  header's envelope is rewritten in place when it fits its area.
-* :func:`rekey` encrypts data again under a new data key (plaintext only ever in memory).
+* :func:`rewrap` re-wraps the data keys found in file headers (of every format that can re-wrap them) and
+  data-key files with the current version of a primary key. Plaintext data is never produced and no body
+  byte changes; the header's envelope is rewritten in place when it fits.
+* :func:`rekey` encrypts data again under a new data key (plaintext only ever in memory), in each file's
+  own format and layout.
 * :func:`key_usage` counts the files that still use each primary-key version, so a version still in
   use is never retired.
 """
@@ -18,21 +19,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ppml.crypto import gcm_stream
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import SNIFF_SIZE, detect_format, get_format
+from ppml.crypto.formats import SNIFF_SIZE, FileFormat, detect_format, get_format
 from ppml.errors import PpmlError
-from ppml.io.files import Report, _copy, _run, default_workers
+from ppml.io.batch import Progress, Report, copy_stream, run_tasks
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys import datakey_file
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.keyring import KeyRing
-from ppml.keys.kms import KeyManagementService
+from ppml.keys.kms import KeyManagementService, data_key_kind
 
 __all__ = ["KeyedFile", "scan", "key_usage", "rewrap", "rekey"]
 
-Progress = Callable[[int], None]
+DATA_KEY_FILE = "data-key"
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,13 @@ class KeyedFile:
     """A file that carries wrapped keys: an encrypted data file or a data-key file."""
 
     location: Location
-    kind: str  # "aes_gcm_stream" | "data-key" | another format's name
+    kind: str  # DATA_KEY_FILE, or the name of the file's format
     envelope: tuple[WrappedKey, ...]
     rewrappable: bool
+
+    @property
+    def format(self) -> FileFormat:
+        return get_format(self.kind)
 
 
 def _classify(location: Location) -> KeyedFile | None:
@@ -53,13 +57,13 @@ def _classify(location: Location) -> KeyedFile | None:
             data = raw.read()
             if datakey_file.SCHEMA.encode() in data:
                 record = DataKeyFile.parse(data, name=location.url)
-                return KeyedFile(location, "data-key", record.envelope, True)
+                return KeyedFile(location, DATA_KEY_FILE, record.envelope, True)
             return None
         fmt = detect_format(head, location.path)
         if not fmt.encrypted:
             return None
         info = fmt.describe(raw, name=location.url)
-        return KeyedFile(location, fmt.name, info.envelope, fmt.name == "aes_gcm_stream")
+        return KeyedFile(location, fmt.name, info.envelope, fmt.rewrappable)
 
 
 def scan(path: str) -> list[KeyedFile]:
@@ -89,18 +93,18 @@ def _new_envelope(old: Sequence[WrappedKey], key: DataKey, backend: KeyManagemen
     return (*kept, backend.wrap(key, key_name))
 
 
-def _rewrite_header(location: Location, envelope: Sequence[WrappedKey]) -> None:
-    with location.open("rb") as raw:
-        header = gcm_stream.read_header(raw, name=location.url)
+def _rewrite_header(location: Location, fmt: FileFormat, envelope: Sequence[WrappedKey]) -> None:
     if location.is_local:
         with open(location.path, "r+b") as raw:
-            if gcm_stream.replace_envelope(raw, header, envelope):
+            if fmt.replace_envelope(raw, envelope, name=location.url):
                 return
     # Does not fit (or remote storage): write a new header and copy the unchanged body.
-    with staged_output(location, force=True) as staging, location.open("rb") as src, staging.open("wb") as dst:
-        dst.write(gcm_stream.encode_header(header.authenticated, envelope))
-        src.seek(header.body_offset)
-        _copy(src, dst, None)
+    with location.open("rb") as src:
+        header, body_offset = fmt.rewrapped_header(src, envelope, name=location.url)
+        with staged_output(location, force=True) as staging, staging.open("wb") as dst:
+            dst.write(header)
+            src.seek(body_offset)
+            copy_stream(src, dst)
 
 
 def _save_data_key(location: Location, record: DataKeyFile) -> None:
@@ -117,7 +121,7 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
     """Re-wrap every data key below ``path`` with the current version of ``backend``'s ``key_name``.
 
     Copies wrapped by other primary keys are kept unless named in ``remove`` (``kms:key`` or
-    ``kms:key#vN``). Files whose format has no re-wrappable envelope (BigDL's) are reported, not changed.
+    ``kms:key#vN``). Files whose format cannot re-wrap its header (BigDL's) are reported, not changed.
     ``Report.details`` lists each file; :func:`key_usage` counts the files per key version afterwards.
     """
     started = time.perf_counter()
@@ -130,7 +134,7 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
             try:
                 if not keyed.rewrappable:
                     return {**entry, "status": "skipped", "reason": f"{keyed.kind} headers cannot be re-wrapped"}
-                if keyed.kind == "data-key":
+                if keyed.kind == DATA_KEY_FILE:
                     with keyed.location.errors():
                         data = keyed.location.fs.cat_file(keyed.location.path)
                     record = DataKeyFile.parse(data, name=keyed.location.url)
@@ -140,9 +144,9 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
                 else:
                     key = keyring.unwrap(keyed.envelope, name=keyed.location.url)
                     with keyed.location.open("rb") as raw:  # prove the key is this file's before rewriting
-                        gcm_stream.DecryptingReader(raw, key, name=keyed.location.url)
+                        keyed.format.open_reader(raw, key, name=keyed.location.url).close()
                     envelope = _new_envelope(keyed.envelope, key, backend, key_name, remove)
-                    _rewrite_header(keyed.location, envelope)
+                    _rewrite_header(keyed.location, keyed.format, envelope)
                 return {**entry, "status": "rewrapped", "keys": [w.reference for w in envelope]}
             except PpmlError as exc:
                 return {**entry, "status": "failed", "error": exc.to_dict()}
@@ -151,42 +155,51 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
                     progress(1)
         return run
 
-    report.details = _run([task(k) for k in files], workers)
-    report.files = sum(1 for d in report.details if d["status"] == "rewrapped")
-    report.seconds = time.perf_counter() - started
-    return report
+    report.details = run_tasks([task(k) for k in files], workers)
+    return report.finish(started, status="rewrapped")
 
 
 def rekey(path: str, *, keyring: KeyRing, key: DataKey, envelope: Sequence[WrappedKey],
           workers: int | None = None, progress: Progress | None = None) -> Report:
-    """Encrypt every ``aes_gcm_stream`` file below ``path`` again under the new data key ``key``.
+    """Encrypt every file below ``path`` again under the new data key ``key``, each in its own format and layout.
 
-    Each file is replaced atomically; plaintext exists only in memory. Save ``key``'s data-key file
-    before calling this, so no file ever depends on a key that is not stored.
+    Files whose format takes another kind of data key than ``envelope`` holds (BigDL files, for a ppml key)
+    are reported as skipped. Each file is replaced atomically; plaintext exists only in memory. Save
+    ``key``'s data-key file before calling this, so no file ever depends on a key that is not stored.
     """
     started = time.perf_counter()
-    fmt = get_format("aes_gcm_stream")
-    files = [k for k in scan(path) if k.kind == fmt.name]
-    report = Report("rekey", fmt.name)
+    kind = data_key_kind(envelope)
+    report = Report("rekey", kind)
 
     def task(keyed: KeyedFile) -> Callable[[], dict[str, object]]:
         def run() -> dict[str, object]:
-            location = keyed.location
+            location, fmt = keyed.location, keyed.format
+            if fmt.data_key_kind != kind:
+                return {"path": location.url, "status": "skipped",
+                        "reason": f"{fmt.name} files take {fmt.data_key_kind} data keys, not {kind} ones"}
             try:
                 old_key = keyring.unwrap(keyed.envelope, name=location.url)
                 with location.open("rb") as raw:
-                    segment_size = gcm_stream.read_header(raw, name=location.url).segment_size
-                    reader = gcm_stream.DecryptingReader(raw, old_key, name=location.url)
-                    with staged_output(location, force=True) as staging, staging.open("wb") as out, \
-                            gcm_stream.EncryptingWriter(out, key, envelope, segment_size=segment_size) as writer:
-                        size = _copy(reader, writer, progress)
+                    options = fmt.layout_options(fmt.describe(raw, name=location.url))
+                    with fmt.open_reader(raw, old_key, name=location.url) as reader, \
+                            staged_output(location, force=True) as staging, staging.open("wb") as out, \
+                            fmt.open_writer(out, key, envelope, name=location.url, **options) as writer:
+                        size = copy_stream(reader, writer, progress)
                 return {"path": location.url, "status": "rekeyed", "bytes": size}
             except PpmlError as exc:
                 return {"path": location.url, "status": "failed", "error": exc.to_dict()}
         return run
 
-    report.details = _run([task(k) for k in files], workers or default_workers())
-    report.files = sum(1 for d in report.details if d["status"] == "rekeyed")
-    report.bytes = sum(int(d.get("bytes", 0)) for d in report.details)
-    report.seconds = time.perf_counter() - started
-    return report
+    files = [k for k in scan(path) if k.kind != DATA_KEY_FILE]
+    report.details = run_tasks([task(k) for k in files], workers)
+    _refresh_sidecars([k for k, d in zip(files, report.details) if d["status"] == "rekeyed"], envelope)
+    return report.finish(started, status="rekeyed")
+
+
+def _refresh_sidecars(rekeyed: Sequence[KeyedFile], envelope: Sequence[WrappedKey]) -> None:
+    """Folders whose format names the data key beside the files (BigDL's ``.meta``) now name the new one."""
+    folders = {(k.location.sibling("").path, k.kind): k.location for k in rekeyed}
+    for (_, kind), member in folders.items():
+        for name, data in get_format(kind).sidecars(envelope).items():
+            with staged_output(member.sibling(name), force=True) as staging, staging.open("wb") as out:
+                out.write(data)

@@ -239,6 +239,20 @@ class AzureKeyVaultKms(KeyManagementService):
     def describe_key(self, key_name: str) -> PrimaryKeyInfo:
         return self._info(self._key_name(key_name))
 
+    def retire_version(self, key_name: str, version: str) -> PrimaryKeyInfo:
+        """Disable one key version: Key Vault deletes only whole keys, and a disabled version unwraps nothing.
+
+        Callers check first that no file still uses it. Needs the 'update' key permission.
+        """
+        name = self._key_name(key_name)
+        self._get(name, version)  # names a missing version clearly
+        if self._get(name).properties.version == version:
+            raise UsageError(f"version {version} is the current version of {self.key_identifier(name)}",
+                             hint="rotate the key first, then retire the old version")
+        self._conn.call(lambda: self._client().update_key_properties(name, version, enabled=False), kind="keys",
+                        permission="update", subject=f"Key Vault key {self._versioned(name, version)}")
+        return self._info(name)
+
     def list_keys(self) -> list[PrimaryKeyInfo]:
         names = self._conn.call(lambda: sorted(p.name for p in self._client().list_properties_of_keys() if p.name),
                                 kind="keys", permission="list", subject=f"the keys of {self.vault_url}")

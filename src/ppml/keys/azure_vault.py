@@ -67,6 +67,7 @@ _ROLES = {
     ("keys", "unwrapKey"): "Key Vault Crypto User",
     ("keys", "create"): "Key Vault Crypto Officer",
     ("keys", "rotate"): "Key Vault Crypto Officer",
+    ("keys", "update"): "Key Vault Crypto Officer",
     ("keys", "list"): "Key Vault Crypto Officer",
     ("secrets", "get"): "Key Vault Secrets User",
     ("secrets", "set"): "Key Vault Secrets Officer",

@@ -48,7 +48,7 @@ _FINGERPRINT_LABEL = b"ppml/bigdl/primary-key-fingerprint\0"
 _PRIMARY_KEY_SIZES = (16, 24, 32)
 _DATA_KEY_RANDOM_BYTES = 32
 _SIMPLE_DIGITS = 16
-_INSECURE_FLAG = "--insecure-allow-simple-kms"
+_INSECURE_FLAG = "--insecure-simple-kms"
 
 
 def _fingerprint(kind: bytes, material: bytes) -> str:
@@ -226,7 +226,7 @@ class SimpleKms(BigdlKms):
     "encrypted" digit by digit, ``c[i] = (pk[i] + d[i]) mod 10``. Worse, BigDL's key derivation turns a
     16-character data key into the all-zero AES key, so files written this way can be decrypted by anyone,
     with or without any key. It exists only to migrate such files; constructing it needs
-    ``allow_insecure=True`` (``--insecure-allow-simple-kms`` on the command line) and every construction,
+    ``allow_insecure=True`` (``--insecure-simple-kms`` on the command line) and every construction,
     wrap and unwrap emits a :class:`PpmlInsecureWarning`.
 
     Parameters

@@ -74,7 +74,7 @@ class KeyRing:
             with _CACHE_LOCK:
                 cached = _CACHE.get(cache_key)
             if cached is not None:
-                return cached
+                return _checked(cached, key_id, wrapped, name)
             candidates = self._candidates(wrapped)
             if not candidates:
                 failures.append(f"{wrapped.reference}: no {wrapped.kms!r} key management service is configured")
@@ -84,10 +84,7 @@ class KeyRing:
                 except PpmlError as exc:
                     failures.append(f"{wrapped.reference}: {exc.message}")
                     continue
-                if key_id is not None and key.key_id != key_id:
-                    raise WrongKeyError(f"{name}: the data key unwrapped from {wrapped.reference} has id "
-                                        f"{key.key_id}, but the file names {key_id}",
-                                        hint="the data-key file was edited or assembled from two files")
+                _checked(key, key_id, wrapped, name)
                 if backend.cacheable:
                     with _CACHE_LOCK:
                         _CACHE[cache_key] = key
@@ -104,6 +101,14 @@ class KeyRing:
         """Load a data-key file and unwrap its key."""
         record = DataKeyFile.load(path)
         return record, self.unwrap(record.envelope, name=path, key_id=record.key_id)
+
+
+def _checked(key: DataKey, key_id: str | None, wrapped: WrappedKey, name: str) -> DataKey:
+    """``key``, unless the data-key file naming ``key_id`` says it should be another key."""
+    if key_id is not None and key.key_id != key_id:
+        raise WrongKeyError(f"{name}: the data key unwrapped from {wrapped.reference} has id {key.key_id}, but the "
+                            f"file names {key_id}", hint="the data-key file was edited or assembled from two files")
+    return key
 
 
 def _open_default(kms: str) -> KeyManagementService | None:

@@ -8,14 +8,15 @@ dependencies are missing says which extra to install.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import ConfigError, UsageError
+from ppml.registry import Registry
 
 __all__ = [
     "KeyManagementService",
@@ -25,6 +26,7 @@ __all__ = [
     "kms_class",
     "open_kms",
     "available_kms",
+    "data_key_kind",
 ]
 
 
@@ -64,12 +66,12 @@ class KeyManagementService(ABC):
     """
 
     name: ClassVar[str]
+    #: What kind of data key this backend wraps: ``"ppml"`` (32 random bytes, for ppml's formats) or
+    #: ``"bigdl"`` (BigDL's data-key strings, for its ``aes/cbc/pkcs5padding`` format).
+    data_key_kind: ClassVar[str] = "ppml"
     #: Whether callers may keep unwrapped keys for the life of the process. Backends whose releases expire
     #: (the key broker) set ``False`` and cache keys themselves for as long as they are valid.
     cacheable: ClassVar[bool] = True
-    #: What kind of data key this backend wraps: 'ppml' (32 random bytes for ppml's formats) or 'bigdl'
-    #: (BigDL's data-key strings for its aes/cbc/pkcs5padding format).
-    data_key_kind: ClassVar[str] = "ppml"
 
     def supports(self, wrapped: WrappedKey) -> bool:
         """Whether this backend can try to unwrap ``wrapped``."""
@@ -126,52 +128,29 @@ class KeyManagementService(ABC):
         raise self._unsupported("retiring key versions")
 
 
-# name -> ("module:Class", extra that provides its dependencies)
-_KNOWN: dict[str, tuple[str, str | None]] = {
-    "local": ("ppml.keys.local:LocalKms", None),
-    "bigdl-plaintext": ("ppml.keys.bigdl:PlaintextPrimaryKeyKms", None),
-    "SimpleKeyManagementService": ("ppml.keys.bigdl:SimpleKms", None),
-    "azure": ("ppml.keys.azure:AzureKeyVaultKms", "azure"),
-    "bigdl-azure": ("ppml.keys.bigdl_azure:BigdlAzureKms", "azure"),
-    "pkcs11": ("ppml.keys.pkcs11:Pkcs11Kms", "hsm"),
-    "broker": ("ppml.keys.broker_client:BrokerKms", "attest"),
-}
-_ALIASES: dict[str, str] = {"simplekms": "SimpleKeyManagementService", "azurekeymanagementservice": "azure"}
-_REGISTERED: dict[str, type[KeyManagementService]] = {}
-
-
-def _canonical(name: str) -> str:
-    lowered = {k.lower(): k for k in (*_KNOWN, *_REGISTERED)}
-    return lowered.get(_ALIASES.get(name.lower(), name).lower(), name)
+_BACKENDS: Registry[KeyManagementService] = Registry(
+    "key management service",
+    known={
+        "local": "ppml.keys.local:LocalKms",
+        "bigdl-plaintext": "ppml.keys.bigdl:PlaintextPrimaryKeyKms",
+        "SimpleKeyManagementService": "ppml.keys.bigdl:SimpleKms",
+        "azure": ("ppml.keys.azure:AzureKeyVaultKms", "azure"),
+        "bigdl-azure": ("ppml.keys.bigdl_azure:BigdlAzureKms", "azure"),
+        "pkcs11": ("ppml.keys.pkcs11:Pkcs11Kms", "hsm"),
+        "broker": ("ppml.keys.broker_client:BrokerKms", "attest"),
+    },
+    aliases={"simplekms": "SimpleKeyManagementService", "azurekeymanagementservice": "azure"},
+)
 
 
 def register_kms(cls: type[KeyManagementService], *, replace: bool = False) -> None:
     """Register a backend class under ``cls.name``; refuses to replace one silently."""
-    known = _KNOWN.get(cls.name, (f"{cls.__module__}:{cls.__qualname__}", None))[0]
-    existing = _REGISTERED.get(cls.name)
-    if not replace and ((existing is not None and existing is not cls)
-                        or known != f"{cls.__module__}:{cls.__qualname__}"):
-        raise ValueError(f"a key management service named {cls.name!r} is already registered")
-    _REGISTERED[cls.name] = cls
+    _BACKENDS.register(cls, replace=replace)
 
 
 def kms_class(name: str) -> type[KeyManagementService]:
     """The backend class registered as ``name`` (case-insensitive; BigDL's names accepted)."""
-    canonical = _canonical(name)
-    if canonical not in _REGISTERED:
-        if canonical not in _KNOWN:
-            raise UsageError(f"unknown key management service {name!r}",
-                             hint="choose one of: " + ", ".join(available_kms()))
-        target, extra = _KNOWN[canonical]
-        module, _, cls_name = target.partition(":")
-        try:
-            _REGISTERED[canonical] = getattr(importlib.import_module(module), cls_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"the {canonical!r} key management service needs packages that are not installed ({exc.name})",
-                hint=f"pip install 'ppml[{extra}]'" if extra else None,
-            ) from None
-    return _REGISTERED[canonical]
+    return _BACKENDS.get(name)
 
 
 def open_kms(name: str, **settings: object) -> KeyManagementService:
@@ -180,4 +159,18 @@ def open_kms(name: str, **settings: object) -> KeyManagementService:
 
 
 def available_kms() -> list[str]:
-    return sorted(set(_KNOWN) | set(_REGISTERED))
+    return _BACKENDS.names()
+
+
+def data_key_kind(envelope: Sequence[WrappedKey]) -> str:
+    """The kind of data key an envelope holds (see :attr:`KeyManagementService.data_key_kind`).
+
+    BigDL file headers name no backend (``kms="bigdl"``); their keys are BigDL keys.
+    """
+    from ppml.crypto.bigdl_cbc import BIGDL_KMS
+
+    kinds = {"bigdl" if w.kms == BIGDL_KMS else kms_class(w.kms).data_key_kind for w in envelope}
+    if len(kinds) != 1:
+        raise UsageError("the wrapped copies of one data key disagree on its kind" if kinds else
+                         "no wrapped copy of the data key is given")
+    return kinds.pop()

@@ -5,8 +5,8 @@
     from ppml.spark import PPMLContext
 
     ctx = PPMLContext(SparkSession.builder.appName("report"), data_key="data-key.json")
-    orders = ctx.read("aes_gcm_stream").option("header", True).schema(schema).csv("enc/orders")
-    ctx.write(result, "aes_gcm_stream").mode("overwrite").option("header", True).csv("enc/report")
+    orders = ctx.read().option("header", True).schema(schema).csv("enc/orders")
+    ctx.write(result).mode("overwrite").option("header", True).csv("enc/report")
 
 Sessions built by the context get secure defaults: shuffle and spill encryption, authenticated RPC with
 AES-GCM outside local mode, redaction of ppml settings in the UI and logs, and Spark's Python filter
@@ -24,11 +24,12 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from ppml.crypto.formats import get_format
+from ppml.crypto.formats import DEFAULT_FORMAT, get_format
 from ppml.errors import AlreadyExistsError, ConfigError, PpmlInsecureWarning, UsageError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
+from ppml.keys.settings import KeySettings
 from ppml.spark.datasource import PpmlDataSource
 
 __all__ = ["PPMLContext", "SECURE_DEFAULTS", "register", "secure_session"]
@@ -96,69 +97,42 @@ class PPMLContext:
     spark
         A ``SparkSession``, a ``SparkSession.Builder`` (built with ppml's secure defaults), or ``None``
         for a default local session.
+    keys
+        Which key management services the driver and every executor use, as
+        :class:`~ppml.keys.settings.KeySettings` (the local key store, Azure Key Vault, an HSM token, a key
+        broker, BigDL's key types). They travel to the executors as data source options, which hold no
+        secret: passphrases and PINs are named by source (``file:/run/secrets/...``, ``env:VAR``) and each
+        executor reads them itself. A key broker set only in the driver's environment (``$PPML_BROKER_URL``
+        and its companions) is passed on too. Default: each process's environment and key store.
     data_key
         Data-key file used for encrypted writes (its wrapped copies travel to executors, never the key).
-    keystore, keystore_password_file
-        Local key store and the file with its passphrase, as seen by executors (default:
-        ``$PPML_KEYSTORE`` and ``$PPML_KEYSTORE_PASSWORD`` in their environment).
-    primary_key_plaintext
-        BigDL plaintext primary key *source* (``env:VAR`` or ``file:PATH``), for BigDL files.
     azure_storage
         Credentials for ``abfs://``, ``abfss://`` and ``az://`` paths, as
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
         each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
         then ``DefaultAzureCredential``.
-    azure_vault, azure_client_id
-        The Azure Key Vault (name or URL) whose keys unwrap data keys, and the client id of the managed or
-        workload identity each process uses for it (default: ``$PPML_AZURE_VAULT`` / ``$AZURE_CLIENT_ID``
-        in each process's environment).
-    broker_url, broker_ca, broker_attester, broker_attester_settings
-        A key broker that releases data keys to the driver and each executor after attestation (see
-        docs/broker.md): its ``https://`` URL, the CA file verifying its certificate, the attester each
-        process proves itself with, and that attester's settings (a dict). No key travels in Spark conf.
-        Default: the driver's ``$PPML_BROKER_URL``, ``$PPML_BROKER_CA``, ``$PPML_BROKER_ATTESTER`` and
-        ``$PPML_BROKER_ATTESTER_SETTINGS`` (JSON), passed on to the executors as options.
     """
 
-    def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, data_key: str | None = None,
-                 keystore: str | None = None, keystore_password_file: str | None = None,
-                 primary_key_plaintext: str | None = None, simple_kms_primary_key_file: str | None = None,
-                 insecure_allow_simple_kms: bool = False,
-                 azure_storage: AzureStorageSettings | None = None, azure_vault: str | None = None,
-                 azure_client_id: str | None = None, broker_url: str | None = None,
-                 broker_ca: str | None = None, broker_attester: str | None = None,
-                 broker_attester_settings: dict | None = None) -> None:
+    def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, keys: KeySettings | None = None,
+                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
             _warn_insecure(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.master)
         self.spark = spark
         register(spark)
-        settings = {
-            "keystore": keystore,
-            "keystorePasswordFile": keystore_password_file,
-            "primaryKeyPlaintext": primary_key_plaintext,
-            "simpleKmsPrimaryKeyFile": simple_kms_primary_key_file,
-            "insecureAllowSimpleKms": "true" if insecure_allow_simple_kms else None,
-            "azureVault": azure_vault,
-            "azureClientId": azure_client_id,
-            "brokerUrl": broker_url or os.environ.get("PPML_BROKER_URL"),
-            "brokerCa": broker_ca or os.environ.get("PPML_BROKER_CA"),
-            "brokerAttester": broker_attester or os.environ.get("PPML_BROKER_ATTESTER"),
-            "brokerAttesterSettings": (json.dumps(broker_attester_settings) if broker_attester_settings
-                                       else os.environ.get("PPML_BROKER_ATTESTER_SETTINGS")),
-        }
+        self.keys = (keys or KeySettings()).with_environment_broker()
+        self._settings = self.keys.to_options()
         if data_key is not None:
-            settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
-        self._settings = {k: str(v) for k, v in settings.items() if v is not None}
+            self._settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
         self._storage = azure_storage or AzureStorageSettings()
         self._settings.update(self._storage.to_options())
 
-    def read(self, crypto_mode: str = "aes_gcm_stream") -> EncryptedReader:
+    def read(self, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedReader:
         """A reader for files in ``crypto_mode`` (each encrypted file's own header names its key)."""
         return EncryptedReader(self, get_format(crypto_mode).name)
 
-    def write(self, df: DataFrame, crypto_mode: str = "aes_gcm_stream") -> EncryptedWriter:
+    def write(self, df: DataFrame, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedWriter:
         """A writer of ``df`` in ``crypto_mode``; default save mode ``error`` as in Spark."""
         return EncryptedWriter(self, df, get_format(crypto_mode).name)
 

@@ -1,9 +1,10 @@
 """Data source options, parsed once on the driver into small picklable values.
 
 Options are what users pass to ``.option(...)`` (case-insensitive). None of them is secret: data keys
-travel only in wrapped form, and passphrases or BigDL primary keys are named by *source*
-(``env:VAR`` / ``file:PATH``), which each executor resolves for itself; so are Azure storage credentials
-(``azureStorageConnectionString``, ``azureStorageAccountKey``, ``azureStorageSasToken``).
+travel only in wrapped form; key settings are :class:`~ppml.keys.settings.KeySettings` as options, whose
+passphrases, PINs and BigDL primary keys are named by *source* (``env:VAR`` / ``file:PATH``), which each
+executor resolves for itself; so are Azure storage credentials (``azureStorageConnectionString``,
+``azureStorageAccountKey``, ``azureStorageSasToken``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ppml.crypto.envelope import WrappedKey
+from ppml.crypto.formats import DEFAULT_FORMAT
 from ppml.errors import ConfigError, UsageError
 from ppml.io.azure import AzureStorageSettings
 from ppml.keys.datakey_file import DataKeyFile
@@ -26,10 +28,9 @@ FILE_FORMATS = ("csv", "json", "text")
 DEFAULT_SPLIT_SIZE = 128 * 1024 * 1024
 _KNOWN = {
     "path", "paths", "format", "cryptomode", "header", "sep", "delimiter", "quote", "escape", "nullvalue",
-    "columns", "splitsize", "kms", "keystore", "keystorepasswordfile", "datakey", "datakeyjson",
-    "primarykeyplaintext", "simplekmsprimarykeyfile", "insecureallowsimplekms", "segment",
-    "ignoretrailingdelimiter", "fileschema", "filterpushdown",
-    "brokerurl", "brokerca", "brokerattester", "brokerattestersettings", "azurevault", "azureclientid",
+    "columns", "splitsize", "datakey", "datakeyjson", "segment", "ignoretrailingdelimiter", "fileschema",
+    "filterpushdown",
+    *(name.lower() for name in KeySettings.OPTIONS.values()),
     *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
 }
 
@@ -56,7 +57,7 @@ class SourceOptions:
     data_key_json: str | None = None
     columns: tuple[str, ...] | None = None
     split_size: int = DEFAULT_SPLIT_SIZE
-    segment: str = "AES256_GCM_HKDF_1MB"
+    segment: str | None = None
     storage: AzureStorageSettings = AzureStorageSettings()
 
     def envelope(self) -> tuple[WrappedKey, ...]:
@@ -110,19 +111,7 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
     data_key_json = lowered.get("datakeyjson")
     if data_key_json is None and lowered.get("datakey"):
         data_key_json = json.dumps(DataKeyFile.load(os.path.expanduser(lowered["datakey"])).to_json())
-    keys = KeySettings(
-        keystore=lowered.get("keystore"),
-        keystore_password_file=lowered.get("keystorepasswordfile"),
-        bigdl_primary_key_plaintext=lowered.get("primarykeyplaintext"),
-        simple_kms_primary_key_file=lowered.get("simplekmsprimarykeyfile"),
-        insecure_allow_simple_kms=_flag(lowered, "insecureallowsimplekms"),
-        azure_vault=lowered.get("azurevault"),
-        azure_client_id=lowered.get("azureclientid"),
-        broker_url=lowered.get("brokerurl"),
-        broker_ca=lowered.get("brokerca"),
-        broker_attester=lowered.get("brokerattester"),
-        broker_attester_settings=lowered.get("brokerattestersettings"),
-    )
+    keys = KeySettings.from_options(lowered)
     columns = tuple(c.strip() for c in lowered["columns"].split(",") if c.strip()) if lowered.get("columns") else None
     try:
         split_size = int(lowered.get("splitsize", DEFAULT_SPLIT_SIZE))
@@ -131,5 +120,5 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
     if split_size < 1024 * 1024:
         raise ConfigError("option 'splitSize' must be at least 1 MiB")
     storage = AzureStorageSettings.from_options(lowered)
-    return SourceOptions(paths, lowered.get("cryptomode", "aes_gcm_stream"), text, keys, data_key_json, columns,
-                         split_size, lowered.get("segment", "AES256_GCM_HKDF_1MB"), storage)
+    return SourceOptions(paths, lowered.get("cryptomode", DEFAULT_FORMAT), text, keys, data_key_json, columns,
+                         split_size, lowered.get("segment"), storage)

@@ -1,24 +1,23 @@
 """Planning file splits on the driver, and reading one split's lines on an executor.
 
-A splittable file (``aes_gcm_stream`` or plaintext) is cut into byte ranges of about ``split_size``
-plaintext bytes, aligned to segment boundaries so each task decrypts only its own segments. A task reads
-its range under the Hadoop line-reader rule: unless it starts at 0 it skips its first (possibly partial)
-line, and it reads past its end to finish its last line. Every line is therefore read by exactly one task.
-BigDL CBC files are one task each (a CBC stream cannot be entered in the middle).
+Each file is cut into the plaintext ranges its format offers (:meth:`~ppml.crypto.formats.FileFormat.split_ranges`):
+ranges of about ``split_size`` bytes on segment boundaries for ppml's format, so each task decrypts only its
+own segments; byte ranges for plaintext; the whole file for formats that must be read from the start
+(BigDL's CBC). A task reads its range under the Hadoop line-reader rule: unless it starts at 0 it skips its
+first (possibly partial) line, and it reads past its end to finish its last line. Every line is therefore
+read by exactly one task.
 """
 
 from __future__ import annotations
 
 import glob as _glob
 import io
-import sys
 from typing import BinaryIO
 
 from pyspark.sql.datasource import InputPartition
 
-from ppml.crypto._streaming import SegmentLayout
 from ppml.crypto.formats import get_format
-from ppml.errors import IntegrityError, NotFoundError
+from ppml.errors import NotFoundError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.files import describe
 from ppml.io.storage import Location, locate
@@ -55,28 +54,13 @@ def list_files(paths: tuple[str, ...], *, azure: AzureStorageSettings | None = N
 
 
 def plan_splits(files: list[Location], crypto_mode: str, split_size: int) -> list[FileSplit]:
-    """Splits for all ``files``; each file's own header decides its format when it is encrypted."""
+    """Splits for all ``files`` in ``crypto_mode``, as their format and headers allow."""
     fmt = get_format(crypto_mode)
     splits: list[FileSplit] = []
     for location in files:
-        size = location.size()
-        if fmt.name == "aes_gcm_stream":
-            info = describe(location, fmt)
-            layout = SegmentLayout(int(info.facts["segment_size"]))
-            if info.facts["plaintext_size"] is None:
-                raise IntegrityError(f"{location.url}: the encrypted body is truncated or padded", path=location.url)
-            plain_size = int(info.facts["plaintext_size"])
-            per_split = max(1, split_size // layout.plain)
-            count = layout.segment_of(max(plain_size - 1, 0)) + 1
-            starts = [layout.plaintext_start(i) for i in range(0, count, per_split)]
-            ends = starts[1:] + [plain_size]
-            splits.extend(FileSplit(location.url, fmt.name, s, e) for s, e in zip(starts, ends))
-        elif fmt.splittable:
-            starts = list(range(0, max(size, 1), split_size))
-            ends = starts[1:] + [size]
-            splits.extend(FileSplit(location.url, fmt.name, s, e) for s, e in zip(starts, ends))
-        else:
-            splits.append(FileSplit(location.url, fmt.name, 0, sys.maxsize))
+        info = describe(location, fmt)
+        splits.extend(FileSplit(location.url, fmt.name, start, end)
+                      for start, end in fmt.split_ranges(info, split_size, name=location.url))
     return splits
 
 

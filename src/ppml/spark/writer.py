@@ -23,7 +23,6 @@ from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
-from ppml.crypto.gcm_stream import SEGMENT_PRESETS
 from ppml.errors import ConfigError
 from ppml.io.storage import Location, locate, move_files
 from ppml.spark.options import SourceOptions
@@ -61,9 +60,7 @@ class PpmlWriter(DataSourceArrowWriter):
         self.format = get_format(options.crypto_mode).name
         if len(options.paths) != 1:
             raise ConfigError("writing needs exactly one output path")
-        if options.segment not in SEGMENT_PRESETS:
-            raise ConfigError(f"unknown segment preset {options.segment!r}",
-                              hint="choose one of: " + ", ".join(SEGMENT_PRESETS))
+        self.writer_options = get_format(self.format).writer_options(segment=options.segment)
         if get_format(self.format).encrypted:
             options.envelope()  # fail on the driver, before any task, when no data key is configured
         self._root().require_container()  # likewise for a missing Azure container
@@ -87,9 +84,9 @@ class PpmlWriter(DataSourceArrowWriter):
         if fmt.encrypted:
             envelope = self.options.envelope()
             key = self.options.keys.keyring().unwrap(envelope, name=f"the data key for {root.url}")
-        writer_options = {"segment_size": SEGMENT_PRESETS[self.options.segment]} if fmt.name == "aes_gcm_stream" else {}
         batches = iter(()) if first is None else _chain(first, iterator)
-        with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url, **writer_options) as out:
+        with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url,
+                                                       **self.writer_options) as out:
             self._encode(batches, out, first.schema if first is not None else None)
         return PartCommit(staged.url, final.url)
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-
-import pyarrow as pa
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from ppml.crypto.formats import get_format
-from ppml.io.files import Report, encrypt
+from ppml.io.batch import Report
+from ppml.io.encryption import Encryption
+from ppml.io.files import encrypt
 from ppml.io.storage import locate
 from ppml.spark.context import PPMLContext
 from ppml.tpch.gen import MARKER, read_scale
@@ -63,8 +63,8 @@ def ppml_tables(ctx: PPMLContext, input_dir: str, crypto_mode: str, *, scale: fl
     return Tables(loader=load, scale=scale)
 
 
-def encrypt_tables(input_dir: str, output_dir: str, *, key, envelope, crypto_mode: str = "aes_gcm_stream",
-                   force: bool = False, progress: Callable[[int], None] | None = None) -> Report:
+def encrypt_tables(input_dir: str, output_dir: str, encryption: Encryption, *, force: bool = False,
+                   progress: Callable[[int], None] | None = None) -> Report:
     """Encrypt the eight ``<table>.tbl`` files of ``input_dir`` into ``output_dir`` (``<table>.tbl.ppml``)."""
     source = locate(input_dir)
     names = {relative for relative, _ in source.files()}
@@ -74,8 +74,7 @@ def encrypt_tables(input_dir: str, output_dir: str, *, key, envelope, crypto_mod
 
         raise NotFoundError(f"{input_dir} has no {', '.join(t + '.tbl' for t in missing)}",
                             hint="generate the tables with 'ppml tpch gen --scale S --out DIR'")
-    report = encrypt(input_dir, output_dir, key=key, envelope=envelope, mode=get_format(crypto_mode).name,
-                     force=force, progress=progress)
+    report = encrypt(input_dir, output_dir, force=force, progress=progress, **encryption.writer_arguments())
     scale = read_scale(input_dir) if source.is_local else None
     if scale is not None:  # Q11's parameter depends on the scale: keep it beside the encrypted tables
         with locate(output_dir).child(MARKER).open("wb") as handle:

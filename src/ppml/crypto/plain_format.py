@@ -1,4 +1,4 @@
-"""The ``plain_text`` mode: no encryption, for symmetry with BigDL's mode names."""
+"""The ``plain_text`` mode: no encryption, for symmetry with BigDL's mode names (no codec of its own)."""
 
 from __future__ import annotations
 
@@ -56,14 +56,19 @@ class _Unclosing(io.BufferedIOBase):
 class PlainTextFormat(FileFormat):
     name = "plain_text"
     encrypted = False
-    splittable = True
+    data_key_kind = None
 
     @classmethod
     def sniff(cls, head: bytes, path: str) -> bool:
         return True
 
     def describe(self, raw: BinaryIO, *, name: str) -> FileInfo:
-        return FileInfo(self.name, (), {"encrypted": False})
+        return FileInfo(self.name, (), {"encrypted": False, "plaintext_size": raw.seek(0, io.SEEK_END)})
+
+    def split_ranges(self, info: FileInfo, split_size: int, *, name: str) -> list[tuple[int, int]]:
+        size = int(info.facts["plaintext_size"])
+        starts = list(range(0, max(size, 1), split_size))
+        return list(zip(starts, starts[1:] + [size]))
 
     def open_reader(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> BinaryIO:
         raw.seek(0)
