@@ -347,3 +347,79 @@ def test_standard_input_and_output_streams(cli_ws):
     for args in (["encrypt", "-", "-", "--data-key", str(cli_ws.root / "dk.json")], ["decrypt", "-", "out.txt"]):
         refused = subprocess.run([*ppml, *args], input=data, env=env, capture_output=True, cwd=cli_ws.root)
         assert refused.returncode == 2 and not (cli_ws.root / "-").exists(), refused.stderr
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    import typer
+
+    from ppml.cli.main import app
+
+    paths = []
+
+    def walk(command, prefix: tuple[str, ...]) -> None:
+        children = getattr(command, "commands", None)
+        if not children:
+            paths.append(prefix)
+        for name, child in (children or {}).items():
+            walk(child, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return paths
+
+
+def test_every_help_is_whole_in_80_columns():
+    """No option name, metavar or line is cut in an 80-column terminal (rich marks cuts with an ellipsis)."""
+    from typer.testing import CliRunner
+
+    from ppml.cli.main import app
+
+    paths = _command_paths()
+    assert len(paths) > 25
+    for path in [(), *paths]:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "…" not in result.output, (path, result.output)
+        assert max(map(len, result.output.splitlines())) <= 80, path
+
+
+def test_integrity_failures_exit_4_on_every_verb(cli_ws):
+    """Exit codes come from the error classes: a damaged file is an integrity failure (4) whatever the verb."""
+    cli = cli_ws
+    shutil.copytree(cli.root / "enc", cli.root / "damaged")
+    victim = cli.root / "damaged" / "x.csv.ppml"
+    body = bytearray(victim.read_bytes())
+    body[-1] ^= 1
+    victim.write_bytes(bytes(body))
+    header = bytearray(victim.read_bytes())
+    header[0] ^= 1  # no PPML magic: a file named like an encrypted one that is not
+    (cli.root / "damaged-header.csv.ppml").write_bytes(bytes(header))
+    decrypt, verify, rekey, inspect = cli.run_many(
+        ("decrypt", "damaged", "out-damaged"),
+        ("verify", "damaged"),
+        ("rekey", "damaged", "--out-data-key", "dk-damaged.json"),
+        ("inspect", "damaged-header.csv.ppml"),
+    )
+    for proc in (decrypt, verify, rekey, inspect):
+        assert proc.returncode == 4, (proc.args, proc.stderr)
+    assert "x.csv.ppml" in rekey.stderr and "segment" in rekey.stderr
+    assert not (cli.root / "out-damaged").exists()
+
+
+def test_format_names_are_not_literals_outside_the_format_modules():
+    """Callers ask a format what it can do instead of testing its name (constants name the defaults)."""
+    import ast
+
+    from ppml.crypto.formats import _FORMATS, available_formats
+
+    source = Path(__file__).resolve().parents[1] / "src" / "ppml"
+    names = {n.lower() for n in available_formats()} | {"aes_cbc_pkcs5padding"}  # "plaintext" is also a word
+    allowed = {"crypto/formats.py", "crypto/gcm_stream_format.py", "crypto/bigdl_cbc_format.py", "crypto/plain_format.py"}
+    found = []
+    for path in sorted(source.rglob("*.py")):
+        relative = path.relative_to(source).as_posix()
+        if relative in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in names:
+                found.append(f"{relative}:{node.lineno}: {node.value!r}")
+    assert _FORMATS.names() and not found, found

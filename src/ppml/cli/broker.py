@@ -28,8 +28,9 @@ def init(
                                                             "broker releases.")] = "default",
     keystore: KeystoreOpt = None,
     passphrase_source: Annotated[str, typer.Option(
-        "--passphrase-source", metavar="SOURCE",
-        help="Where the broker reads the key store passphrase: env:VAR, file:PATH or azure-secret:VAULT/NAME.")
+        "--passphrase-source", metavar="SOURCE", show_default=False,
+        help="Where the broker reads the key store passphrase: env:VAR, file:PATH or an azure-secret: source. "
+             "Default: the variable PPML_KEYSTORE_PASSWORD of the broker.")
     ] = "env:PPML_KEYSTORE_PASSWORD",
     host: Annotated[Optional[list[str]], typer.Option(
         "--host", help="Name or address clients use (repeatable) [default: localhost, 127.0.0.1, this host].")] = None,

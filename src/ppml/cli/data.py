@@ -221,8 +221,8 @@ def register(app: typer.Typer) -> None:
         """
         prompt = passphrase_prompt()
         kms = keys.primary(prompt=prompt)
-        report = rotation.rewrap(path, keyring=keys.keyring(prompt=prompt), backend=kms,
-                                 key_name=kms.key_identifier(key_name), remove=remove or [], workers=workers)
+        report = rotation.rewrap(path, keyring=keys.keyring(prompt=prompt), backend=kms, key_name=key_name,
+                                 remove=remove or [], workers=workers)
         usage = rotation.key_usage(rotation.scan(path))
         if as_json:
             emit_json("rewrap", {**report.to_json(), "usage": dict(usage)})

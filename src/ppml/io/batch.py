@@ -41,6 +41,11 @@ class Report:
         self.seconds = time.perf_counter() - started
         return self
 
+    @property
+    def failures(self) -> list[dict[str, object]]:
+        """The details of the files that failed."""
+        return [d for d in self.details if d.get("ok") is False or d.get("status") == "failed"]
+
     def to_json(self) -> dict[str, object]:
         return {"operation": self.operation, "mode": self.mode, "files": self.files, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "details": self.details}

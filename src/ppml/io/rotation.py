@@ -88,7 +88,8 @@ def key_usage(files: Sequence[KeyedFile]) -> Counter[str]:
 
 def _new_envelope(old: Sequence[WrappedKey], key: DataKey, backend: KeyManagementService, key_name: str,
                   remove: Sequence[str]) -> tuple[WrappedKey, ...]:
-    kept = [w for w in old if not (w.kms == backend.name and w.key == key_name)
+    identifier = backend.key_identifier(key_name)
+    kept = [w for w in old if not (w.kms == backend.name and backend.canonical_key(w.key) == identifier)
             and f"{w.kms}:{w.key}" not in remove and w.reference not in remove]
     return (*kept, backend.wrap(key, key_name))
 
@@ -126,7 +127,7 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
     """
     started = time.perf_counter()
     files = scan(path)
-    report = Report("rewrap", f"{backend.name}:{key_name}")
+    report = Report("rewrap", f"{backend.name}:{backend.key_identifier(key_name)}")
 
     def task(keyed: KeyedFile) -> Callable[[], dict[str, object]]:
         def run() -> dict[str, object]:
