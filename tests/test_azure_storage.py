@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import AZURITE_ACCOUNT, AZURITE_KEY
+from keystores import make_data_key, make_keystore
 
-from conftest import AZURITE_ACCOUNT, AZURITE_KEY, TREE_FAST_KDF
 from ppml.errors import ConfigError, NotFoundError, UsageError
 from ppml.io import files
 from ppml.io.azure import AzureStorageSettings, StorageAccessError, resolve
@@ -44,16 +45,10 @@ def _gcm_magic() -> bytes:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """A key store with ``default``, a data key ``dk.json`` and a plaintext tree ``plain/``."""
-    from ppml.keys.datakey_file import DataKeyFile
-    from ppml.keys.local import LocalKms
-
     root = tmp_path_factory.mktemp("azure-ws")
     (root / "home").mkdir()
-    kms = LocalKms(root / "ks.json", PASSPHRASE)
-    kms.create_store(kdf=TREE_FAST_KDF)
-    kms.create_key("default")
-    key, wrapped = kms.generate_data_key("default")
-    DataKeyFile.new(key.key_id, (wrapped,)).save(root / "dk.json")
+    kms = make_keystore(root / "ks.json", PASSPHRASE, "default")
+    key, wrapped = make_data_key(kms, "default", root / "dk.json")
     for relative, data in PLAIN.items():
         (root / "plain" / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / "plain" / relative).write_bytes(data)
@@ -295,9 +290,9 @@ def test_refused_credentials_and_missing_containers_are_clear_errors(ws, azurite
 
 
 def test_account_key_and_sas_sources_against_azurite(ws, azurite_container, azurite_endpoint, tmp_path, monkeypatch):
-    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-
     import datetime as dt
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
     c = azurite_container
     files.encrypt(str(ws["root"] / "plain"), f"abfs://{c}/enc", key=ws["key"], envelope=(ws["wrapped"],))

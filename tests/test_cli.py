@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from keystores import make_keystore
 
 from ppml.io import files
 from ppml.keys.keyring import KeyRing, clear_cache
@@ -51,9 +52,7 @@ class Cli:
 
     def fast_keystore(self) -> None:
         """Create ``ks.json`` in-process with cheap Argon2id settings (``keys init`` is tested on its own)."""
-        kms = LocalKms(self.root / "ks.json", PASSPHRASE)
-        kms.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
-        kms.create_key("default")
+        make_keystore(self.root / "ks.json", PASSPHRASE, "default")
 
     def _environment(self, overrides: dict[str, str | None] | None) -> dict[str, str]:
         env = dict(self.env)

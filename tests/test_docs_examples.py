@@ -61,21 +61,15 @@ def test_the_documents_have_python_examples():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
+    from keystores import make_data_key, make_keystore
+
     from ppml.crypto.formats import DEFAULT_FORMAT
     from ppml.io import files
-    from ppml.keys.datakey_file import DataKeyFile
-    from ppml.keys.local import LocalKms
 
     root = tmp_path_factory.mktemp("docs")
-    (root / "keys").mkdir()
-    store = LocalKms(root / "keys" / "keystore.json", PASSPHRASE)
-    store.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
-    for name in ("default", "tpch"):
-        store.create_key(name)
-    (root / "keys" / "keystore.pass").write_text(PASSPHRASE)
-    (root / "keys" / "keystore.pass").chmod(0o600)
-    key, wrapped = store.generate_data_key("tpch")  # "tpch": the key the broker's policy releases
-    DataKeyFile.new(key.key_id, (wrapped,)).save(root / "dk.json")
+    store = make_keystore(root / "keys" / "keystore.json", PASSPHRASE, "default", "tpch",
+                          passphrase_file=root / "keys" / "keystore.pass")
+    key, wrapped = make_data_key(store, "tpch", root / "dk.json")  # "tpch": the key the broker's policy releases
     arguments = {"key": key, "envelope": (wrapped,), "mode": DEFAULT_FORMAT}
     (root / "plain").mkdir()
     (root / "plain" / "orders.csv").write_text(ORDERS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from keystores import FAST_KDF, make_keystore
 from keyvault_server import keyvault, keyvault_session  # noqa: F401  (fixtures for the azure backend)
 from softhsm import softhsm, softhsm_token  # noqa: F401  (fixtures for the pkcs11 backend)
 
@@ -22,13 +23,9 @@ from ppml.keys.keyring import KeyRing, clear_cache
 from ppml.keys.kms import KeyManagementService, available_kms, kms_class, open_kms
 from ppml.keys.local import LocalKms
 
-FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
-
 
 def _local(tmp_path, request=None) -> LocalKms:
-    kms = LocalKms(tmp_path / "ks.json", "correct horse")
-    kms.create_store(kdf=FAST_KDF)
-    return kms
+    return make_keystore(tmp_path / "ks.json", "correct horse")
 
 
 def _azure(tmp_path, request) -> KeyManagementService:

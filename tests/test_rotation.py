@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from keystores import make_keystore
 
 from ppml.crypto import gcm_stream
 from ppml.errors import KeyAccessError, NotFoundError, UsageError, WrongKeyError
@@ -17,7 +18,6 @@ from ppml.keys.keyring import KeyRing, clear_cache
 from ppml.keys.local import LocalKms
 
 SEG = 4096
-FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 
 
 def header_of(path: Path) -> gcm_stream.StreamHeader:
@@ -163,9 +163,7 @@ def test_remove_drops_copies(tmp_path, tree_kms, tree_encrypted):
 
 def test_rewrap_reports_files_it_cannot_open_and_rewraps_the_rest(tmp_path, tree_kms, tree_encrypted):
     enc, visible, _, _ = tree_encrypted
-    foreign = LocalKms(tmp_path / "other.json", "pw")
-    foreign.create_store(kdf=FAST_KDF)
-    foreign.create_key("default")
+    foreign = make_keystore(tmp_path / "other.json", "pw", "default")
     key, wrapped = foreign.generate_data_key("default")
     files.encrypt(str(enc.parent / "plain" / "top.csv"), str(enc / "foreign.ppml"), key=key, envelope=(wrapped,))
     tree_kms.rotate_key("default")
