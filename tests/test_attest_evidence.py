@@ -164,8 +164,15 @@ def test_register_verifier_adds_a_type_and_refuses_silent_replacement(verifier_r
     assert verifier_class("simulated") is Impostor
 
 
-def test_a_missing_extra_is_named(verifier_registry):
+def test_a_missing_extra_is_named(verifier_registry, tmp_path, monkeypatch):
     verifier_registry._known["needs-extra"] = ("ppml_no_such_module:Verifier", "attest")
-    with pytest.raises(ConfigError, match="needs packages that are not installed") as info:
+    with pytest.raises(ConfigError, match=r"needs packages that are not installed \(ppml_no_such_module\)") as info:
         open_verifier("needs-extra")
+    assert info.value.hint == "pip install 'ppml[attest]'"
+    # A package that is installed but older than the one the module needs (as cryptography without HPKE).
+    (tmp_path / "ppml_test_too_old.py").write_text("from cryptography.hazmat.primitives import no_such_thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    verifier_registry._known["needs-newer"] = ("ppml_test_too_old:Verifier", "attest")
+    with pytest.raises(ConfigError, match="needs a newer cryptography than the one installed") as info:
+        open_verifier("needs-newer")
     assert info.value.hint == "pip install 'ppml[attest]'"
