@@ -158,7 +158,7 @@ def test_register_verifier_adds_a_type_and_refuses_silent_replacement(verifier_r
     class Impostor(SimulatedVerifier):
         pass
 
-    with pytest.raises(ValueError, match="evidence type named 'simulated' is already registered"):
+    with pytest.raises(ValueError, match="an evidence type named 'simulated' is already registered"):
         register_verifier(Impostor)
     register_verifier(Impostor, replace=True)
     assert verifier_class("simulated") is Impostor

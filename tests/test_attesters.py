@@ -95,7 +95,7 @@ def test_register_attester_adds_a_name_and_refuses_silent_replacement(attester_r
     class Impostor(_FixedAttester):
         name = "simulated"
 
-    with pytest.raises(ValueError, match="attester named 'simulated' is already registered"):
+    with pytest.raises(ValueError, match="an attester named 'simulated' is already registered"):
         register_attester(Impostor)
     register_attester(Impostor, replace=True)
     assert isinstance(open_attester("simulated"), Impostor)

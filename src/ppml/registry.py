@@ -99,8 +99,9 @@ class Registry(Generic[T]):
                 continue
             if existing in self._known and self._known[existing][0] == target and existing not in self._loaded:
                 continue
-            raise ValueError(f"a {self.what} named {candidate!r} is already registered; pass replace=True to "
-                             "replace it")
+            article = "an" if self.what[:1].lower() in "aeiou" else "a"
+            raise ValueError(f"{article} {self.what} named {candidate!r} is already registered; pass replace=True "
+                             "to replace it")
         stale = taken.get(name.lower())
         if stale is not None and stale != name:  # replacing under another spelling: one entry per name
             self._known.pop(stale, None)
