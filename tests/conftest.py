@@ -207,3 +207,16 @@ def azurite_container(azurite_connection_string, monkeypatch) -> str:
     name = f"t{uuid.uuid4().hex[:20]}"
     adlfs.AzureBlobFileSystem(connection_string=azurite_connection_string, skip_instance_cache=True).mkdir(name)
     return name
+
+
+@pytest.fixture
+def restored_registry(monkeypatch):
+    """Call it with a :class:`ppml.registry.Registry` to get that registry back as it was after the test, so
+    tests may register and replace entries."""
+
+    def restore(registry):
+        for attribute in ("_known", "_loaded", "_aliases"):
+            monkeypatch.setattr(registry, attribute, dict(getattr(registry, attribute)))
+        return registry
+
+    return restore

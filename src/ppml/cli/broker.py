@@ -100,11 +100,13 @@ def policy_check(
 
     The binding of the evidence to a request's nonce is checked by the broker per request, not here.
     """
-    from ppml.attest.evidence import open_verifier
+    from ppml.attest.evidence import open_verifier, verifier_class
     from ppml.attest.policy import load_policy
     from ppml.cli.attest import read_evidence
     from ppml.errors import AttestationError
 
+    if evidence_type is not None:
+        evidence_type = verifier_class(evidence_type).type  # the registered spelling, as evidence has it
     rules = load_policy(policy)
     loaded = read_evidence(evidence, evidence_type)
     if config is not None:
