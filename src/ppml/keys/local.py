@@ -133,8 +133,10 @@ class LocalKms(KeyManagementService):
     def _passphrase(self) -> str:
         source = self._passphrase_source
         value = source() if callable(source) else source
-        if value is None:
-            value = os.environ.get(PASSWORD_ENV)
+        if value is None and os.environ.get(PASSWORD_ENV):
+            from ppml.keys.settings import read_secret_source  # settings builds on this module
+
+            value = read_secret_source(f"env:{PASSWORD_ENV}", what="key store passphrase")
         if not value:
             raise KeyAccessError(
                 f"the key store {self.path} needs its passphrase",
