@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture
 def tree_kms(tmp_path):
-    """A fast local key store at ``tmp_path/ks.json`` (passphrase "pw") with primary key ``default`` v1.
+    """A fast local key store at ``tmp_path/ks.json`` (passphrase "pw-tree-passphrase") with primary key ``default`` v1.
 
     The process-wide cache of unwrapped keys is cleared before and after, so tests cannot pass on keys
     another test unwrapped.
@@ -20,7 +20,7 @@ def tree_kms(tmp_path):
     from ppml.keys.keyring import clear_cache
 
     clear_cache()
-    yield make_keystore(tmp_path / "ks.json", "pw", "default")
+    yield make_keystore(tmp_path / "ks.json", "pw-tree-passphrase", "default")
     clear_cache()
 
 

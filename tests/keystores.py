@@ -14,7 +14,7 @@ from ppml.crypto.envelope import WrappedKey
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.local import LocalKms
 
-FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
+FAST_KDF = {"memory_kib": 7 * 1024, "iterations": 5, "lanes": 1}  # the cheapest setting ppml accepts
 
 
 def make_keystore(path: Path, passphrase: str, *names: str, passphrase_file: Path | None = None) -> LocalKms:

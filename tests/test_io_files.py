@@ -253,7 +253,7 @@ def test_tree_under_two_data_keys_and_a_rotation_decrypts_via_the_key_ring(tmp_p
 
     # a fresh process: nothing cached, key store reopened from disk
     clear_cache()
-    ring = KeyRing([LocalKms(tree_kms.path, "pw")])
+    ring = KeyRing([LocalKms(tree_kms.path, "pw-tree-passphrase")])
     files.decrypt(str(tmp_path / "enc"), str(tmp_path / "dec"), keyring=ring, workers=2)
     assert tree_bytes(tmp_path / "dec") == visible
 

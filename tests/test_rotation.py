@@ -163,7 +163,7 @@ def test_remove_drops_copies(tmp_path, tree_kms, tree_encrypted):
 
 def test_rewrap_reports_files_it_cannot_open_and_rewraps_the_rest(tmp_path, tree_kms, tree_encrypted):
     enc, visible, _, _ = tree_encrypted
-    foreign = make_keystore(tmp_path / "other.json", "pw", "default")
+    foreign = make_keystore(tmp_path / "other.json", "pw-tree-passphrase", "default")
     key, wrapped = foreign.generate_data_key("default")
     files.encrypt(str(enc.parent / "plain" / "top.csv"), str(enc / "foreign.ppml"), key=key, envelope=(wrapped,))
     tree_kms.rotate_key("default")
@@ -213,7 +213,7 @@ def test_retired_version_can_no_longer_unwrap(tmp_path, tree_kms):
     with pytest.raises(KeyAccessError, match="local:default#v1"):
         tree_kms.unwrap(wrapped_v1)
 
-    reopened = LocalKms(tree_kms.path, "pw")  # the retirement is persisted: material destroyed on disk
+    reopened = LocalKms(tree_kms.path, "pw-tree-passphrase")  # the retirement is persisted: material destroyed on disk
     assert "material" not in json.loads(tree_kms.path.read_text())["keys"]["default"]["versions"]["1"]
     with pytest.raises(KeyAccessError, match="local:default#v1"):
         reopened.unwrap(wrapped_v1)

@@ -117,7 +117,7 @@ def create_app(service: BrokerService) -> Starlette:
                 raise Refusal(413, "too-large", f"the request body exceeds {limits.max_request_bytes} bytes")
         try:
             return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise Refusal(400, "malformed", "the request body is not JSON") from None
 
     async def health(request: Request) -> JSONResponse:

@@ -46,7 +46,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                                                           "to let the broker continue the log")
             try:
                 entry = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 raise IntegrityError(f"{where}: not a JSON object (edited or truncated)", path=str(path)) from None
             # Byte for byte what the broker wrote: no duplicate keys or other text that parses the same.
             if not isinstance(entry, dict) or raw[:-1] != _canonical(entry):

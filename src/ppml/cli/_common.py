@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from ppml.errors import exit_code_of
@@ -26,9 +28,23 @@ out = Console(highlight=False, soft_wrap=True)
 
 JSON_SCHEMA = "ppml.cli/1"
 
+# C0 and C1 controls (escape sequences, line breaks) and the Unicode marks that reorder or hide text.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing destination.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, max=64, help="Files processed in parallel.")]
+
+
+def shown(value: object) -> str:
+    """``value`` as text safe to print in a rich message: markup and unprintable characters escaped.
+
+    Names, paths and messages can come from files anyone may have written (a key envelope is not
+    authenticated): unescaped, ``[/]`` would abort the command, and escape sequences or line breaks could
+    fake or hide lines of output.
+    """
+    text = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+    return escape(text)
 
 
 def emit_json(kind: str, payload: dict[str, object]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ppml.cli._common import ForceOpt, JsonOpt, WorkersOpt, byte_progress, emit_json, err
+from ppml.cli._common import ForceOpt, JsonOpt, WorkersOpt, byte_progress, emit_json, err, shown
 from ppml.cli.data import DataKeyOpt, ModeOpt, SegmentOpt, refuse_stdin_secrets
 from ppml.cli.options import key_options, passphrase_prompt
 from ppml.errors import UsageError
@@ -82,7 +82,7 @@ def cp(
         return
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
     verb = "Encrypted and copied" if encrypt else "Copied"
-    err.print(f"{verb} {report.files} file(s), {report.bytes:,} bytes to {target} in {report.seconds:.2f} s "
+    err.print(f"{verb} {report.files} file(s), {report.bytes:,} bytes to {shown(target)} in {report.seconds:.2f} s "
               f"({rate:,.0f} MB/s).")
 
 

@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import ForceOpt, JsonOpt, WorkersOpt, byte_progress, emit_json, err, exit_for_failures
+from ppml.cli._common import (
+    ForceOpt,
+    JsonOpt,
+    WorkersOpt,
+    byte_progress,
+    emit_json,
+    err,
+    exit_for_failures,
+    shown,
+)
 from ppml.cli.options import KeyNameOpt, key_options, passphrase_prompt
 from ppml.crypto.formats import DEFAULT_FORMAT, available_formats, get_format
 from ppml.errors import UsageError
@@ -163,12 +172,12 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json("inspect", payload)
             return
-        err.print(f"[bold]{location.url}[/]")
+        err.print(f"[bold]{shown(location.url)}[/]")
         for name, value in payload.items():
             if name not in ("path", "wrapped_by"):
-                err.print(f"  {name}: {value}")
+                err.print(f"  {name}: {shown(value)}")
         for entry in payload["wrapped_by"]:
-            err.print(f"  wrapped by: {entry['reference']}")
+            err.print(f"  wrapped by: {shown(entry['reference'])}")
 
     @app.command()
     @key_options
@@ -193,7 +202,7 @@ def register(app: typer.Typer) -> None:
             emit_json("verify", {**report.to_json(), "ok": not bad})
         else:
             for entry in bad:
-                err.print(f"[red]FAILED[/] {entry['path']}: {entry['error']['message']}")
+                err.print(f"[red]FAILED[/] {shown(entry['path'])}: {shown(entry['error']['message'])}")
             err.print(f"{report.files - len(bad)} of {report.files} file(s) verified.")
         exit_for_failures(report.details)
 
@@ -229,11 +238,11 @@ def register(app: typer.Typer) -> None:
         else:
             for entry in report.details:
                 if entry["status"] != "rewrapped":
-                    err.print(f"{entry['status']}: {entry['path']}: "
-                              f"{entry.get('reason') or entry['error']['message']}")
+                    err.print(f"{entry['status']}: {shown(entry['path'])}: "
+                              f"{shown(entry.get('reason') or entry['error']['message'])}")
             err.print(f"Re-wrapped {report.files} file(s) in {report.seconds:.2f} s. Files per key version:")
             for reference, count in sorted(usage.items()):
-                err.print(f"  {reference}: {count}")
+                err.print(f"  {shown(reference)}: {count}")
         exit_for_failures(report.details)
 
     @app.command()
@@ -269,9 +278,9 @@ def register(app: typer.Typer) -> None:
         else:
             for entry in report.details:
                 if entry["status"] == "failed":
-                    err.print(f"[red]failed[/] {entry['path']}: {entry['error']['message']}")
+                    err.print(f"[red]failed[/] {shown(entry['path'])}: {shown(entry['error']['message'])}")
                 elif entry["status"] == "skipped":
-                    err.print(f"skipped {entry['path']}: {entry['reason']}")
+                    err.print(f"skipped {shown(entry['path'])}: {shown(entry['reason'])}")
             _summary(report, "Re-encrypted")
-            err.print(f"New data key {record.key_id} saved to {out_data_key}.")
+            err.print(f"New data key {record.key_id} saved to {shown(out_data_key)}.")
         exit_for_failures(report.details)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import ForceOpt, JsonOpt, emit_json, err
+from ppml.cli._common import ForceOpt, JsonOpt, emit_json, err, shown
 from ppml.cli.options import KeyNameOpt, key_options, passphrase_prompt
 from ppml.errors import ConfigError, UsageError
 from ppml.io import rotation
@@ -28,8 +28,8 @@ def _reference(info: PrimaryKeyInfo) -> str:
 
 def _show_key(info: PrimaryKeyInfo) -> None:
     versions = ", ".join(f"v{v.version} ({v.state})" for v in info.versions)
-    err.print(f"[bold]{_reference(info)}[/]  current version v{info.current_version}  versions: {versions}",
-              markup=True)
+    err.print(f"[bold]{shown(_reference(info))}[/]  current version v{shown(info.current_version)}  "
+              f"versions: {shown(versions)}")
 
 
 def _where(kms: KeyManagementService) -> dict[str, str]:
@@ -196,7 +196,13 @@ def inspect(
         return
     if keys.kms != "local":
         raise UsageError(f"--kms {keys.kms} describes a primary key; give either it or a FILE")
-    doc = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        doc = None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{file} is neither a data-key file nor a key store (not a JSON object)",
+                          hint="give the file 'ppml keys data-key --out' or 'ppml keys init' wrote")
     if str(doc.get("schema", "")).startswith("ppml.keystore/"):
         infos = LocalKms(file).list_keys()
         payload = {"type": "keystore", "path": str(file), "keys": [i.to_json() for i in infos]}
@@ -214,13 +220,13 @@ def inspect(
         emit_json("keys.inspect", payload)
         return
     if payload["type"] == "keystore":
-        err.print(f"Key store {file}")
+        err.print(f"Key store {shown(file)}")
         for info in infos:
             _show_key(info)
     else:
-        err.print(f"Data-key file {file}: data key {record.key_id}, created {record.created}")
+        err.print(f"Data-key file {shown(file)}: data key {shown(record.key_id)}, created {shown(record.created)}")
         for entry in payload["wrapped_by"]:
-            err.print(f"  wrapped by {entry['reference']} ({entry['wrapped_bytes']} bytes)")
+            err.print(f"  wrapped by {shown(entry['reference'])} ({entry['wrapped_bytes']} bytes)")
 
 
 @app.command()
@@ -258,5 +264,5 @@ def retire(
     if as_json:
         emit_json("keys.retire", {"retired": reference, "key": info.to_json()})
         return
-    err.print(f"Retired {reference}.")
+    err.print(f"Retired {shown(reference)}.")
     _show_key(info)

@@ -8,11 +8,10 @@ import sys
 import warnings
 
 import typer
-from rich.markup import escape
 
 from ppml import __version__
 from ppml.cli import attest, azure, broker, cp, data, keys, tpch
-from ppml.cli._common import err
+from ppml.cli._common import err, shown
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
 
@@ -51,7 +50,7 @@ def _root(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]ppml: warning:[/] {escape(str(message))}")
+    err.print(f"[yellow]ppml: warning:[/] {shown(message)}")
 
 
 def main(args: list[str] | None = None) -> int:
@@ -65,13 +64,13 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except PpmlError as exc:
-        err.print(f"[red]ppml: error:[/] {escape(exc.message)}", soft_wrap=True)
+        err.print(f"[red]ppml: error:[/] {shown(exc.message)}", soft_wrap=True)
         if exc.hint:
-            err.print(f"[cyan]ppml: hint:[/] {escape(exc.hint)}", soft_wrap=True)
+            err.print(f"[cyan]ppml: hint:[/] {shown(exc.hint)}", soft_wrap=True)
         code = exc.exit_code
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        err.print(f"[red]ppml: error:[/]{escape(where)}: {escape(str(exc.strerror or exc))}", soft_wrap=True)
+        err.print(f"[red]ppml: error:[/]{shown(where)}: {shown(exc.strerror or exc)}", soft_wrap=True)
         code = 1
     except KeyboardInterrupt:
         err.print("ppml: interrupted; no partial output was kept")

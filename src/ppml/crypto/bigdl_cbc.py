@@ -203,7 +203,7 @@ def decode_meta(data: bytes, *, name: str = META_FILE_NAME) -> str:
     """
     try:
         obj = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptHeaderError(f"{name}: not a valid BigDL .meta file (not JSON: {type(exc).__name__})",
                                  path=name) from None
     value = obj.get(META_FIELD) if isinstance(obj, dict) else None

@@ -174,6 +174,8 @@ def read_header(raw: BinaryIO, *, name: str = "<stream>") -> StreamHeader:
     try:
         entries = json.loads(area.decode("utf-8"))["keys"]
         envelope = tuple(WrappedKey.from_json(e) for e in entries)
+    except RecursionError:  # JSON nested deeper than the parser's stack: refused like any other bad envelope
+        raise corrupt("key envelope is not readable: nested too deeply") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise corrupt(f"key envelope is not readable: {exc}") from None
     return StreamHeader(segment_size, file_id, commitment, envelope, capacity, fixed[:AUTHENTICATED_SIZE])

@@ -61,7 +61,7 @@ class DataKeyFile:
             if not envelope:
                 raise ValueError("the envelope is empty")
             return cls(str(doc["key_id"]), envelope, str(doc.get("created", "")))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ConfigError(f"{name} is not a ppml data-key file ({exc})",
                               hint="create one with 'ppml keys data-key --out FILE'") from None
 

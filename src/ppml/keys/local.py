@@ -13,16 +13,30 @@ Key store file (JSON, mode 0600)::
 The key-encryption key ``kek`` is Argon2id(passphrase). A wrapped data key is
 ``0x01 || store_id || nonce || AES-256-GCM(primary key, nonce, data key, aad="ppml/local/v1|NAME|VERSION")``;
 the store id lets an error say that a file belongs to another key store.
+
+Several processes may share one key store. Every change (a new store, key, version or retirement) is made
+under an exclusive lock on ``.<name>.lock`` beside the store, to the file as it is on disk at that moment,
+and written atomically to the file a symbolic link points at (the link stays). A change is refused when the
+file no longer is the store this process read (another store id, passphrase or KDF, or a version whose
+material changed or vanished): writing then would destroy keys that data may already depend on.
+
+New stores need a passphrase of at least :data:`MIN_PASSPHRASE_LENGTH` characters; KDF parameters, whether
+given or read from a file, must lie within :data:`KDF_LIMITS` (at least OWASP's minimum for Argon2id: 7 MiB
+of memory and memory × iterations ≥ 35 MiB, at most 4 GiB), so neither a weak nor a memory-exhausting
+setting is ever used.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -35,7 +49,8 @@ from ppml.errors import AlreadyExistsError, ConfigError, KeyAccessError, NotFoun
 from ppml.keys import secure_files
 from ppml.keys.kms import KeyManagementService, KeyVersionInfo, PrimaryKeyInfo
 
-__all__ = ["LocalKms", "default_keystore_path", "PASSWORD_ENV", "KEYSTORE_ENV", "DEFAULT_KEY_NAME"]
+__all__ = ["LocalKms", "default_keystore_path", "PASSWORD_ENV", "KEYSTORE_ENV", "DEFAULT_KEY_NAME",
+           "MIN_PASSPHRASE_LENGTH", "KDF_LIMITS"]
 
 PASSWORD_ENV = "PPML_KEYSTORE_PASSWORD"
 KEYSTORE_ENV = "PPML_KEYSTORE"
@@ -45,6 +60,12 @@ _WRAP_VERSION = b"\x01"
 _STORE_ID_SIZE = 16
 _NONCE = 12
 DEFAULT_KDF = {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 64 * 1024}
+MIN_PASSPHRASE_LENGTH = 12
+# (lowest, highest) per Argon2id parameter; memory_kib * iterations must also reach _MIN_KDF_WORK
+# (OWASP's equivalent minimum settings: 46 MiB x 1, 19 MiB x 2 ... 7 MiB x 5).
+KDF_LIMITS = {"memory_kib": (7 * 1024, 4 * 1024 * 1024), "iterations": (1, 64), "lanes": (1, 64)}
+_MIN_KDF_WORK = 35 * 1024
+_STATES = ("enabled", "retired")
 Passphrase = str | Callable[[], str] | None
 
 
@@ -71,6 +92,64 @@ def _seal(key: bytes, plaintext: bytes, aad: str) -> bytes:
 
 def _open(key: bytes, sealed: bytes, aad: str) -> bytes:
     return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad.encode())
+
+
+def _check_kdf(kdf: object, *, where: str) -> dict:
+    """The Argon2id parameters, refused with ConfigError outside :data:`KDF_LIMITS`."""
+    if not isinstance(kdf, dict) or kdf.get("name") != "argon2id":
+        name = kdf.get("name") if isinstance(kdf, dict) else kdf
+        raise ConfigError(f"{where}: unsupported key store KDF {name!r}", hint="ppml key stores use argon2id")
+    for name, (low, high) in KDF_LIMITS.items():
+        value = kdf.get(name)
+        if type(value) is not int or not low <= value <= high:
+            raise ConfigError(f"{where}: kdf {name} is {value!r}, outside {low}..{high}",
+                              hint="a weaker setting makes the passphrase cheap to guess; a larger one exhausts memory")
+    if kdf["memory_kib"] * kdf["iterations"] < _MIN_KDF_WORK:
+        raise ConfigError(f"{where}: kdf memory_kib x iterations is {kdf['memory_kib'] * kdf['iterations']}, below "
+                          f"{_MIN_KDF_WORK}", hint="raise iterations or memory_kib (OWASP's Argon2id minimum)")
+    return kdf
+
+
+def _b64_field(value: object, *, where: str, name: str) -> bytes:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"{where}: {name} is not base64 text", hint="restore the key store from its backup") from None
+
+
+def _check_store(doc: object, *, where: str) -> dict:
+    """The parsed key store, every field checked, so a damaged file is a ConfigError naming the field."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{where} is not a valid ppml key store ({what})",
+                           hint="restore the key store from its backup")
+
+    if not isinstance(doc, dict):
+        raise bad("not a JSON object")
+    if doc.get("schema") != _SCHEMA:
+        raise bad(f"schema {doc.get('schema')!r} is not {_SCHEMA!r}")
+    store_id = doc.get("store_id")
+    if not isinstance(store_id, str) or len(store_id) != 2 * _STORE_ID_SIZE or any(
+            c not in "0123456789abcdef" for c in store_id):
+        raise bad(f"store_id {store_id!r} is not {_STORE_ID_SIZE} bytes of lowercase hex")
+    _check_kdf(doc.get("kdf"), where=where)
+    _b64_field(doc["kdf"].get("salt"), where=where, name="kdf salt")
+    _b64_field(doc.get("check"), where=where, name="check")
+    keys = doc.get("keys")
+    if not isinstance(keys, dict):
+        raise bad("keys is not a mapping")
+    for name, entry in keys.items():
+        versions = entry.get("versions") if isinstance(entry, dict) else None
+        if not isinstance(versions, dict) or not versions or entry.get("current") not in versions:
+            raise bad(f"key {name!r} has no versions mapping or no current version among them")
+        for version, state in versions.items():
+            if not version.isdigit() or not isinstance(state, dict) or state.get("state") not in _STATES:
+                raise bad(f"key {name!r} version {version!r} is not a numbered version with a state "
+                          f"({' or '.join(_STATES)})")
+            if state["state"] == "enabled":
+                _b64_field(state.get("material"), where=where, name=f"material of {name} v{version}")
+    return doc
 
 
 class LocalKms(KeyManagementService):
@@ -109,26 +188,64 @@ class LocalKms(KeyManagementService):
 
     def _load(self) -> dict:
         if self._doc is None:
-            if not self.path.exists():
-                raise NotFoundError(
-                    f"no key store at {self.path}",
-                    hint=f"create one with 'ppml keys init', or point {KEYSTORE_ENV} / --keystore at yours",
-                )
-            secure_files.check_private(self.path, what="key store")
-            try:
-                doc = json.loads(self.path.read_text(encoding="utf-8"))
-                if doc.get("schema") != _SCHEMA:
-                    raise ValueError(f"schema {doc.get('schema')!r} is not {_SCHEMA!r}")
-                bytes.fromhex(doc["store_id"])
-                doc["keys"], doc["kdf"], doc["check"]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ConfigError(f"{self.path} is not a valid ppml key store ({exc})",
-                                  hint="restore the key store from its backup") from None
-            self._doc = doc
+            self._doc = self._read()
         return self._doc
 
-    def _save(self) -> None:
-        secure_files.write_private(self.path, (json.dumps(self._doc, indent=2) + "\n").encode(), replace=True)
+    def _read(self) -> dict:
+        """The key store as it is on disk now, checked."""
+        if not self.path.exists():
+            raise NotFoundError(
+                f"no key store at {self.path}",
+                hint=f"create one with 'ppml keys init', or point {KEYSTORE_ENV} / --keystore at yours",
+            )
+        secure_files.check_private(self.path, what="key store")
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{self.path} is not a valid ppml key store (not JSON: {type(exc).__name__})",
+                              hint="restore the key store from its backup") from None
+        return _check_store(doc, where=str(self.path))
+
+    def _target(self) -> Path:
+        """The file to write: the one a symbolic link points at, so that the link survives a change."""
+        return Path(os.path.realpath(self.path))
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive lock that every process changing this key store takes first."""
+        target = self._target()
+        lock = target.with_name(f".{target.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _change(self, change: Callable[[dict], None]) -> None:
+        """Apply ``change`` to the key store as it is on disk, under the lock, and save it."""
+        with self._file_lock():
+            fresh = self._read()
+            if self._doc is not None:
+                self._refuse_replaced(self._doc, fresh)
+            change(fresh)
+            secure_files.write_private(self._target(), (json.dumps(fresh, indent=2) + "\n").encode(), replace=True)
+            self._doc = fresh
+
+    def _refuse_replaced(self, known: dict, fresh: dict) -> None:
+        """Other processes may add keys and versions, or retire versions; anything else means the file is no
+        longer the store this process read, and writing would destroy keys."""
+        where = f"the key store {self.path} changed while this process had it open"
+        hint = "check who else writes it (a restored backup? another store at the same path?), then run again"
+        for field in ("store_id", "kdf", "check"):
+            if known[field] != fresh[field]:
+                raise ConfigError(f"{where}: its {field} is different; nothing was written", hint=hint)
+        for name, entry in known["keys"].items():
+            for version, state in entry["versions"].items():
+                now = fresh["keys"].get(name, {}).get("versions", {}).get(version)
+                if now is None or (now["state"] == "enabled" and now.get("material") != state.get("material")):
+                    raise ConfigError(f"{where}: version {version} of {name!r} vanished or changed; nothing was "
+                                      "written", hint=hint)
 
     def _passphrase(self) -> str:
         source = self._passphrase_source
@@ -147,8 +264,6 @@ class LocalKms(KeyManagementService):
 
     @staticmethod
     def _derive(passphrase: str, kdf: dict) -> bytes:
-        if kdf.get("name") != "argon2id":
-            raise ConfigError(f"unsupported key store KDF {kdf.get('name')!r}")
         return Argon2id(salt=base64.b64decode(kdf["salt"]), length=32, iterations=int(kdf["iterations"]),
                         lanes=int(kdf["lanes"]), memory_cost=int(kdf["memory_kib"])).derive(passphrase.encode())
 
@@ -165,31 +280,45 @@ class LocalKms(KeyManagementService):
         return self._kek
 
     def create_store(self, *, kdf: dict | None = None) -> None:
-        """Create an empty key store file (mode 0600); refuses to overwrite one."""
+        """Create an empty key store file (mode 0600); refuses to overwrite one.
+
+        The passphrase must have at least :data:`MIN_PASSPHRASE_LENGTH` characters and ``kdf`` (Argon2id
+        ``memory_kib``, ``iterations``, ``lanes``; default :data:`DEFAULT_KDF`) lie within :data:`KDF_LIMITS`.
+        """
         if self.path.exists():
             raise AlreadyExistsError(f"a key store already exists at {self.path}",
                                      hint="use it as it is, or choose another path with --keystore")
-        params = {**DEFAULT_KDF, **(kdf or {}), "salt": _b64(os.urandom(16))}
-        kek = self._derive(self._passphrase(), params)
-        self._doc = {
+        params = _check_kdf({**DEFAULT_KDF, **(kdf or {}), "salt": _b64(os.urandom(16))},
+                            where=f"new key store {self.path}")
+        passphrase = self._passphrase()
+        if len(passphrase) < MIN_PASSPHRASE_LENGTH:
+            raise UsageError(f"the passphrase for the new key store {self.path} has {len(passphrase)} characters; "
+                             f"at least {MIN_PASSPHRASE_LENGTH} are needed",
+                             hint="anyone who copies the key store file can try short passphrases offline; "
+                                  "choose a long one (several words)")
+        kek = self._derive(passphrase, params)
+        doc = {
             "schema": _SCHEMA,
             "store_id": os.urandom(_STORE_ID_SIZE).hex(),
             "kdf": params,
             "check": _b64(_seal(kek, b"ppml keystore check", f"{_SCHEMA}|check")),
             "keys": {},
         }
-        self._kek = kek
-        secure_files.write_private(self.path, (json.dumps(self._doc, indent=2) + "\n").encode())
+        secure_files.write_private(self._target(), (json.dumps(doc, indent=2) + "\n").encode())
+        self._doc, self._kek = doc, kek
 
     # -- primary keys ------------------------------------------------------------------------------
+
+    def _no_key(self, key_name: str, keys: dict) -> NotFoundError:
+        return NotFoundError(
+            f"no primary key {key_name!r} in the key store {self.path}",
+            hint="known keys: " + (", ".join(sorted(keys)) or "none; create one with 'ppml keys init'"),
+        )
 
     def _entry(self, key_name: str) -> dict:
         keys = self._load()["keys"]
         if key_name not in keys:
-            raise NotFoundError(
-                f"no primary key {key_name!r} in the key store {self.path}",
-                hint="known keys: " + (", ".join(sorted(keys)) or "none; create one with 'ppml keys init'"),
-            )
+            raise self._no_key(key_name, keys)
         return keys[key_name]
 
     def _info(self, key_name: str) -> PrimaryKeyInfo:
@@ -199,33 +328,44 @@ class LocalKms(KeyManagementService):
         return PrimaryKeyInfo(self.name, key_name, entry["current"], versions,
                               {"keystore": str(self.path), "store_id": self._load()["store_id"]})
 
-    def _add_version(self, key_name: str, version: str) -> None:
-        entry = self._load()["keys"].setdefault(key_name, {"created": _now(), "versions": {}})
+    def _add_version(self, key_name: str, *, new_key: bool) -> str:
+        """Add a version to ``key_name`` (version 1 of a new key) in the store as it is on disk."""
+        kek = self._key_encryption_key()
         material = os.urandom(32)
-        entry["versions"][version] = {
-            "state": "enabled",
-            "created": _now(),
-            "material": _b64(_seal(self._key_encryption_key(), material, f"{_SCHEMA}|{key_name}|{version}")),
-        }
-        entry["current"] = version
-        self._keys[(key_name, version)] = material
-        self._save()
+        added: list[str] = []
+
+        def change(doc: dict) -> None:
+            keys = doc["keys"]
+            if new_key and key_name in keys:
+                raise AlreadyExistsError(f"primary key {key_name!r} already exists in {self.path}",
+                                         hint="rotate it with 'ppml keys rotate' instead")
+            if not new_key and key_name not in keys:
+                raise self._no_key(key_name, keys)
+            entry = keys.setdefault(key_name, {"created": _now(), "versions": {}})
+            version = str(max((int(v) for v in entry["versions"]), default=0) + 1)
+            entry["versions"][version] = {
+                "state": "enabled",
+                "created": _now(),
+                "material": _b64(_seal(kek, material, f"{_SCHEMA}|{key_name}|{version}")),
+            }
+            entry["current"] = version
+            added.append(version)
+
+        self._change(change)
+        self._keys[(key_name, added[0])] = material
+        return added[0]
 
     def create_key(self, key_name: str = DEFAULT_KEY_NAME) -> PrimaryKeyInfo:
         if not key_name or any(c in key_name for c in "#|/\\ ") or len(key_name) > 128:
             raise UsageError(f"invalid key name {key_name!r}",
                              hint="use 1 to 128 characters, none of them '#', '|', '/', '\\' or a space")
         with self._lock:
-            if key_name in self._load()["keys"]:
-                raise AlreadyExistsError(f"primary key {key_name!r} already exists in {self.path}",
-                                         hint="rotate it with 'ppml keys rotate' instead")
-            self._add_version(key_name, "1")
+            self._add_version(key_name, new_key=True)
         return self._info(key_name)
 
     def rotate_key(self, key_name: str = DEFAULT_KEY_NAME) -> PrimaryKeyInfo:
         with self._lock:
-            entry = self._entry(key_name)
-            self._add_version(key_name, str(max(int(v) for v in entry["versions"]) + 1))
+            self._add_version(key_name, new_key=False)
         return self._info(key_name)
 
     def describe_key(self, key_name: str = DEFAULT_KEY_NAME) -> PrimaryKeyInfo:
@@ -236,16 +376,20 @@ class LocalKms(KeyManagementService):
 
     def retire_version(self, key_name: str, version: str) -> PrimaryKeyInfo:
         """Destroy one version's material. Callers check first that no file still uses it."""
-        with self._lock:
-            entry = self._entry(key_name)
+        def change(doc: dict) -> None:
+            if key_name not in doc["keys"]:
+                raise self._no_key(key_name, doc["keys"])
+            entry = doc["keys"][key_name]
             if version not in entry["versions"]:
                 raise NotFoundError(f"primary key {key_name!r} has no version {version}")
             if version == entry["current"]:
                 raise UsageError(f"version {version} is the current version of {key_name!r}",
                                  hint="rotate the key first, then retire the old version")
             entry["versions"][version] = {"state": "retired", "created": entry["versions"][version]["created"]}
+
+        with self._lock:
+            self._change(change)
             self._keys.pop((key_name, version), None)
-            self._save()
         return self._info(key_name)
 
     def _material(self, key_name: str, version: str) -> bytes:
