@@ -15,7 +15,8 @@ Fixtures (import them into a test module, then request them by name)::
         open_verifier("tpm", ca_certificates=[tpm_env.ca_path])
 
 ``tpm_env`` is session-scoped: one swtpm per test process (each xdist worker gets its own). Tests that
-extend PCRs should use the resettable PCR 16 (``tpm_env.reset_pcr(16)``) so they do not disturb others.
+extend PCRs should use the resettable PCR 16 (``tpm_env.reset_pcr(16)``) so they do not disturb others; a test
+that needs a PCR policies accept (8-15, which cannot be reset) reads its value with ``read_pcr``.
 The fixture skips only if the ``swtpm`` binary is missing; CI installs it.
 """
 
@@ -259,6 +260,12 @@ class TpmEnv:
     def extend_pcr(self, index: int, digest: bytes) -> None:
         """Extend sha256 PCR ``index`` with a 32-byte ``digest``."""
         self.tpm.run("tpm2_pcrextend", f"{index}:sha256={digest.hex()}")
+
+    def read_pcr(self, index: int) -> str:
+        """The sha256 PCR ``index`` now (lowercase hex)."""
+        out = self.folder / f"pcr-{index}.bin"
+        self.tpm.run("tpm2_pcrread", f"sha256:{index}", "-o", str(out))
+        return out.read_bytes().hex()
 
 
 def provision(folder: Path) -> TpmEnv:

@@ -211,6 +211,15 @@ def test_missing_exp_refused(rsa_key, verifier):
         verifier.verify(maa(sign(rsa_key, sgx_claims(exp=True))), at=NOW)
 
 
+@pytest.mark.parametrize("claim, value", [("exp", float("nan")), ("exp", float("inf")), ("nbf", float("nan")),
+                                          ("nbf", float("-inf"))])
+def test_times_that_are_not_finite_numbers_refused(rsa_key, verifier, claim, value):
+    """NaN compares false with every time, so an ``exp`` of NaN would never expire and an ``nbf`` never bite."""
+    token = sign(rsa_key, sgx_claims(**{claim: value}))
+    with pytest.raises(AttestationError, match=f"'{claim}' is not a finite number"):
+        verifier.verify(maa(token), at=NOW + timedelta(days=3650))
+
+
 def test_wrong_issuer_refused(rsa_key, verifier):
     with pytest.raises(AttestationError, match="issuer 'https://evil.example' is not an accepted issuer"):
         verifier.verify(maa(sign(rsa_key, sgx_claims(iss="https://evil.example"))), at=NOW)

@@ -16,9 +16,10 @@ SGX_POLICY = {
     "release_lifetime": "10m",
     "allow": [{"type": "sgx", "mrenclave": [MRENCLAVE.upper(), "cc" * 32], "mrsigner": MRSIGNER,
                "isv_prod_id": 1, "min_isv_svn": 3, "tcb_status": ["UpToDate", "SWHardeningNeeded"]},
-              {"type": "tpm", "pcrs": {"sha256": {0: "11" * 32, 7: "22" * 32}}},
+              {"type": "tpm", "pcrs": {"sha256": {0: "11" * 32, 7: "22" * 32, 11: "55" * 32}},
+               "allow_without_tee": True},
               {"type": "maa", "issuer": "https://a.attest.azure.net",
-               "claims": {"x-ms-attestation-type": "sevsnpvm", "x-ms-compliance-status": "azure-compliant-cvm"}}],
+               "claims": {"x-ms-attestation-type": "sevsnpvm", "x-ms-sevsnpvm-hostdata": "66" * 32}}],
 }
 
 
@@ -65,13 +66,13 @@ def test_debug_is_allowed_only_when_a_rule_says_so(tmp_path):
 
 
 def test_tpm_pcrs_and_maa_claims(policy):
-    pcrs = {"sha256": {"0": "11" * 32, "7": "22" * 32, "8": "33" * 32}}
+    pcrs = {"sha256": {"0": "11" * 32, "7": "22" * 32, "8": "33" * 32, "11": "55" * 32}}
     assert policy.evaluate(VerifiedEvidence("tpm", {"pcrs": pcrs}, None, "tpm")).allowed
     changed = {"sha256": {**pcrs["sha256"], "7": "44" * 32}}
     denied = policy.evaluate(VerifiedEvidence("tpm", {"pcrs": changed}, None, "tpm"))
     assert not denied.allowed and "PCR sha256:7" in denied.reason
     maa = {"issuer": "https://a.attest.azure.net/", "x-ms-attestation-type": "sevsnpvm",
-           "x-ms-compliance-status": "azure-compliant-cvm", "debug": False}
+           "x-ms-sevsnpvm-hostdata": "66" * 32, "debug": False}
     assert policy.evaluate(VerifiedEvidence("maa", maa, None, "maa")).allowed
     wrong_issuer = policy.evaluate(VerifiedEvidence("maa", {**maa, "issuer": "https://evil"}, None, "maa"))
     assert not wrong_issuer.allowed and "issuer" in wrong_issuer.reason
@@ -90,11 +91,11 @@ def test_key_patterns(policy):
 @pytest.mark.parametrize(("change", "message"), [
     ({"allow": [{"type": "sgx", "mrenclav": MRENCLAVE}]}, "unknown field"),
     ({"allow": [{"type": "sev", "x": 1}]}, "unknown evidence type"),
-    ({"allow": [{"type": "sgx", "tcb_status": ["UpToDate"]}]}, "must require mrenclave or mrsigner"),
-    ({"allow": [{"type": "sgx", "isv_prod_id": 0, "min_isv_svn": 0}]}, "must require mrenclave or mrsigner"),
-    ({"allow": [{"type": "maa", "issuer": "https://a", "claims": {}}]}, "must require claims"),
-    ({"allow": [{"type": "tpm", "pcrs": {}}]}, "must require pcrs"),
-    ({"allow": [{"type": "tpm", "pcrs": {"sha256": {}}}]}, "must require pcrs"),
+    ({"allow": [{"type": "sgx", "tcb_status": ["UpToDate"]}]}, "must pin the workload: mrenclave or mrsigner"),
+    ({"allow": [{"type": "sgx", "isv_prod_id": 0, "min_isv_svn": 0}]}, "must pin the workload"),
+    ({"allow": [{"type": "maa", "issuer": "https://a", "claims": {}}]}, "must pin the workload: claims"),
+    ({"allow": [{"type": "tpm", "pcrs": {}}]}, "must pin the workload: a PCR among 8 or 9"),
+    ({"allow": [{"type": "tpm", "pcrs": {"sha256": {}}}]}, "must pin the workload"),
     ({"allow": [{"type": "tpm", "pcrs": {"sha256": {7: None}}}]}, "PCR sha256:7: must be text"),
     ({"allow": [{"type": "maa", "claims": {"x-ms-sgx-mrenclave": None}}]}, "must be text, a number"),
     ({"allow": [{"type": "maa", "claims": {"x": []}}]}, "non-empty list"),
@@ -140,17 +141,64 @@ def test_evidence_that_does_not_say_it_is_not_debuggable_counts_as_debuggable(po
 def test_values_match_with_their_type_and_nested_claims_by_path(tmp_path):
     policy = load_policy(_write(tmp_path, {"name": "p", "keys": ["x:*"], "allow": [
         {"type": "maa", "claims": {"x-ms-isolation-tee.x-ms-attestation-type": "sevsnpvm", "level": 1,
-                                   "x-ms-compliance-status": "azure-compliant-cvm"}}]}))
-    claims = {"x-ms-isolation-tee": {"x-ms-attestation-type": "sevsnpvm"}, "level": 1, "debug": False,
-              "x-ms-compliance-status": "azure-compliant-cvm"}
+                                   "x-ms-compliance-status": "azure-compliant-cvm",
+                                   "x-ms-isolation-tee.x-ms-sevsnpvm-hostdata": "ab" * 32}}]}))
+    claims = {"x-ms-isolation-tee": {"x-ms-attestation-type": "sevsnpvm", "x-ms-sevsnpvm-hostdata": "ab" * 32},
+              "level": 1, "debug": False, "x-ms-compliance-status": "azure-compliant-cvm"}
     assert policy.evaluate(VerifiedEvidence("maa", claims, None, "maa")).allowed
     assert not policy.evaluate(VerifiedEvidence("maa", {**claims, "level": True}, None, "maa")).allowed
     wrong_case = {**claims, "x-ms-compliance-status": "AZURE-COMPLIANT-CVM"}  # only hex and URLs fold case
     assert not policy.evaluate(VerifiedEvidence("maa", wrong_case, None, "maa")).allowed
-    nested = {**claims, "x-ms-isolation-tee": {"x-ms-attestation-type": "sgx"}}
+    nested = {**claims, "x-ms-isolation-tee": {**claims["x-ms-isolation-tee"], "x-ms-attestation-type": "sgx"}}
     assert "x-ms-isolation-tee.x-ms-attestation-type is 'sgx'" in policy.evaluate(
         VerifiedEvidence("maa", nested, None, "maa")).reason
 
 
 def test_key_patterns_ignore_case(policy):
     assert policy.governs("LOCAL:TPCH") and policy.governs("pkcs11:TOKEN/tpch")
+
+
+# The platform-only rules an attacker on the same platform would satisfy, and rules that name a workload.
+PLATFORM_ONLY = {
+    "sgx-mrsigner-alone": {"type": "sgx", "mrsigner": MRSIGNER, "min_isv_svn": 3},
+    "tdx-mrtd-alone": {"type": "tdx", "mrtd": "aa" * 48, "mrseam": "bb" * 48},
+    "tdx-rtmr0-firmware-config": {"type": "tdx", "mrtd": "aa" * 48, "rtmr0": "cc" * 48},
+    "tdx-rtmr-without-mrtd": {"type": "tdx", "rtmr2": "cc" * 48},
+    "maa-documented-example": {"type": "maa", "claims": {"x-ms-attestation-type": "sevsnpvm",
+                                                          "x-ms-compliance-status": "azure-compliant-cvm"}},
+    "maa-sgx-signer-alone": {"type": "maa", "claims": {"x-ms-sgx-mrsigner": MRSIGNER}},
+    "tpm-firmware-pcrs": {"type": "tpm", "pcrs": {"sha256": {0: "11" * 32, 7: "22" * 32}}, "allow_without_tee": True},
+    "tpm-resettable-pcr": {"type": "tpm", "pcrs": {"sha256": {16: "11" * 32, 23: "22" * 32}},
+                           "allow_without_tee": True},
+}
+WORKLOAD = {
+    "sgx-mrenclave": {"type": "sgx", "mrenclave": MRENCLAVE},
+    "sgx-signer-and-product": {"type": "sgx", "mrsigner": MRSIGNER, "isv_prod_id": 1},
+    "tdx-rtmr2": {"type": "tdx", "mrtd": "aa" * 48, "rtmr2": "cc" * 48},
+    "tdx-mrconfigid": {"type": "tdx", "mrtd": "aa" * 48, "mrconfigid": "dd" * 48},
+    "maa-sgx": {"type": "maa", "claims": {"x-ms-sgx-mrenclave": MRENCLAVE}},
+    "maa-sevsnp-launch": {"type": "maa", "claims": {"x-ms-sevsnpvm-launchmeasurement": "ee" * 48}},
+    "maa-cvm-hostdata": {"type": "maa", "claims": {"x-ms-isolation-tee.x-ms-sevsnpvm-hostdata": "ff" * 32}},
+    "maa-tdx": {"type": "maa", "claims": {"tdx_mrtd": "aa" * 48, "tdx_rtmr3": "cc" * 48}},
+    "tpm-os-pcr": {"type": "tpm", "pcrs": {"sha256": {7: "22" * 32, 11: "33" * 32}}, "allow_without_tee": True},
+}
+
+
+@pytest.mark.parametrize("rule", list(PLATFORM_ONLY))
+def test_a_rule_that_pins_only_the_platform_is_refused(tmp_path, rule):
+    with pytest.raises(ConfigError, match=f"a {PLATFORM_ONLY[rule]['type']} rule must pin the workload"):
+        load_policy(_write(tmp_path, {**SGX_POLICY, "allow": [PLATFORM_ONLY[rule]]}))
+
+
+@pytest.mark.parametrize("rule", list(WORKLOAD))
+def test_a_rule_that_pins_a_workload_is_accepted(tmp_path, rule):
+    assert load_policy(_write(tmp_path, {**SGX_POLICY, "allow": [WORKLOAD[rule]]})).rules[0].type == WORKLOAD[rule]["type"]
+
+
+def test_a_tpm_rule_must_accept_that_a_tpm_quote_proves_no_tee(tmp_path):
+    rule = {**WORKLOAD["tpm-os-pcr"]}
+    del rule["allow_without_tee"]
+    with pytest.raises(ConfigError, match="a tpm rule must say allow_without_tee: true"):
+        load_policy(_write(tmp_path, {**SGX_POLICY, "allow": [rule]}))
+    with pytest.raises(ConfigError, match="allow_without_tee must be true or false"):
+        load_policy(_write(tmp_path, {**SGX_POLICY, "allow": [{**rule, "allow_without_tee": "yes"}]}))

@@ -448,3 +448,29 @@ def test_broker_init_certificates_pass_strict_checks_and_name_the_clients_addres
     alt = x509.load_pem_x509_certificates((tmp_path / "c" / "tls" / "broker.pem").read_bytes())[0].extensions
     assert "::1" in {str(ip) for ip in alt.get_extension_for_class(x509.SubjectAlternativeName).value
                      .get_values_for_type(x509.IPAddress)}
+
+
+def test_every_rule_broker_init_writes_or_suggests_pins_a_workload(tmp_path):
+    """The placeholder rule and each commented example, once uncommented, is a valid rule: none pins only a
+    platform (an SGX signer alone, a TDX firmware, an MAA attestation type)."""
+    import re
+
+    import yaml
+
+    from ppml.attest.policy import load_policy
+    from ppml.broker.scaffold import create_broker_folder
+
+    made = create_broker_folder(tmp_path / "b", key_name="tpch", keystore="/ks.json", passphrase="env:P")
+    text = made.policy.read_text()
+    load_policy(made.policy)
+    # Uncomment the suggested rules (`  # - type: ...` and the `  #   field: ...` lines under them).
+    suggested = re.sub(r"(?m)^  # (- type:|  [a-z0-9_]+:)", r"  \1", text)
+    document = yaml.safe_load(suggested)
+    assert [rule["type"] for rule in document["allow"]] == ["sgx", "tdx", "maa"]
+    for index, rule in enumerate(document["allow"]):
+        single = tmp_path / f"rule-{index}.yaml"
+        single.write_text(yaml.safe_dump({**document, "allow": [rule]}))
+        load_policy(single)
+    sgx = tmp_path / "sgx-signer.yaml"
+    sgx.write_text(yaml.safe_dump({**document, "allow": [{"type": "sgx", "mrsigner": "ab" * 32, "isv_prod_id": 1}]}))
+    load_policy(sgx)

@@ -388,25 +388,27 @@ def test_policy_check_at_the_current_time_fails_verification(tmp_path, capsys):
 
 # -- 3. TPM quotes (swtpm) ----------------------------------------------------------------------------------
 
-PCR16_EVENT = hashlib.sha256(b"ppml broker test workload").digest()
-PCR16_VALUE = hashlib.sha256(bytes(32) + PCR16_EVENT).hexdigest()  # PCR 16 after reset + one extend
+WORKLOAD_EVENT = hashlib.sha256(b"ppml broker test workload").digest()
+OS_PCR = 11  # a PCR policies accept as naming a workload; it cannot be reset, so its value is read
 
 
 @pytest.fixture(scope="module")
 def tpm_broker(tmp_path_factory, tpm_env):
+    tpm_env.extend_pcr(OS_PCR, WORKLOAD_EVENT)
+    expected = tpm_env.read_pcr(OS_PCR)
     policy = {"name": "vtpm-tpch", "keys": ["local:tpch"], "release_lifetime": "10m",
-              "allow": [{"type": "tpm", "pcrs": {"sha256": {16: PCR16_VALUE}}}]}
+              "allow": [{"type": "tpm", "pcrs": {"sha256": {OS_PCR: expected}}, "allow_without_tee": True}]}
     process = BrokerProcess(tmp_path_factory.mktemp("tpm-broker"), policies=[policy],
                             verifiers={"tpm": {"ca_certificates": [str(tpm_env.ca_path)]}})
     with process:
-        yield process
+        yield process, expected
 
 
 def test_tpm_quote_releases_the_key_until_the_measured_state_changes(tpm_broker, tpm_env):
+    tpm_broker, expected = tpm_broker
     key, wrapped = tpm_broker.keystore.generate_data_key("tpch")
-    tpm_env.reset_pcr(16)
-    tpm_env.extend_pcr(16, PCR16_EVENT)
-    client = BrokerKms(tpm_broker.url, attester="tpm", attester_settings=tpm_env.attester_settings(),
+    client = BrokerKms(tpm_broker.url, attester="tpm",
+                       attester_settings=tpm_env.attester_settings(pcrs=[0, 1, 2, 3, 4, 5, 6, 7, OS_PCR]),
                        ca=str(tpm_broker.pki.ca_path), caller="pytest-evidence")
     try:
         assert client.unwrap(wrapped) == key
@@ -415,18 +417,17 @@ def test_tpm_quote_releases_the_key_until_the_measured_state_changes(tpm_broker,
         assert entry["evidence"]["type"] == "tpm" and entry["evidence"]["identity"] == "tpm ak=ppml-test-vm"
         assert entry["key_id"] == key.key_id
 
-        tpm_env.extend_pcr(16, hashlib.sha256(b"something else ran").digest())  # the measured state changed
+        tpm_env.extend_pcr(OS_PCR, hashlib.sha256(b"something else ran").digest())  # the measured state changed
         clear_releases()
-        with pytest.raises(KeyAccessError, match=r"denied local:tpch#v1: policy vtpm-tpch: PCR sha256:16 is '[0-9a-f]{64}', "
-                                                 f"expected '{PCR16_VALUE}'") as info:
+        with pytest.raises(KeyAccessError, match=rf"denied local:tpch#v1: policy vtpm-tpch: PCR sha256:{OS_PCR} is "
+                                                 f"'[0-9a-f]{{64}}', expected '{expected}'") as info:
             client.unwrap(wrapped)
     finally:
         client.close()
-        tpm_env.reset_pcr(16)
     entry = _last(tpm_broker)
     assert entry["decision"] == "deny" and entry["code"] == "policy" and entry["policy"] == "vtpm-tpch"
-    assert "PCR sha256:16 is '" in entry["reason"] and f"expected '{PCR16_VALUE}'" in entry["reason"]
-    assert PCR16_VALUE not in entry["reason"].split("expected")[0]  # it names the changed value, not the old one
+    assert f"PCR sha256:{OS_PCR} is '" in entry["reason"] and f"expected '{expected}'" in entry["reason"]
+    assert expected not in entry["reason"].split("expected")[0]  # it names the changed value, not the old one
     assert entry["evidence"]["identity"] == "tpm ak=ppml-test-vm"
     _assert_no_key_material(str(info.value) + tpm_broker.audit_log.read_text() + tpm_broker.stderr, key)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -199,6 +200,10 @@ class MaaVerifier(EvidenceVerifier):
         exp, nbf = claims.get("exp"), claims.get("nbf")
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise AttestationError("the MAA token has no numeric 'exp' (expiry): refuse it; MAA tokens always expire")
+        # NaN is false in every comparison (a token that never expires); infinities are no times either.
+        for name, value in (("exp", exp), ("nbf", nbf)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AttestationError(f"the MAA token's {name!r} is not a finite number ({value}): refuse it")
         if now > exp + self._leeway:
             raise AttestationError(f"the MAA token expired at {_iso(exp)} (verification time {_iso(now)}): "
                                    "attest again for a fresh token, or pass --at with the time of stored evidence")

@@ -16,12 +16,13 @@ refused, so simulated evidence is accepted only where a policy says ``type: simu
         tcb_status: [UpToDate, SWHardeningNeeded]       # default: [UpToDate]
       - type: tdx
         mrtd: ...
-        rtmr1: ...
+        rtmr2: ...
       - type: maa
         issuer: https://myattest.weu.attest.azure.net
-        claims: {x-ms-attestation-type: sevsnpvm, x-ms-compliance-status: azure-compliant-cvm}
+        claims: {x-ms-attestation-type: sevsnpvm, x-ms-sevsnpvm-hostdata: 7397...}
       - type: tpm
-        pcrs: {sha256: {0: "a1b2...", 7: "c3d4..."}}
+        pcrs: {sha256: {0: "a1b2...", 7: "c3d4...", 11: "e5f6..."}}
+        allow_without_tee: true                         # a TPM quote does not prove a TEE
       - type: simulated                                 # development only: proves nothing
         claims: {app: tpch}
 
@@ -29,10 +30,13 @@ A key governed by several policies is released only when every one of them allow
 can never override a strict one. Key patterns match case-insensitively.
 
 Debug enclaves and TDs are refused unless a rule says ``allow_debug: true``; SGX, TDX and MAA evidence
-that does not say whether it is debuggable counts as debuggable. Unknown fields, empty values and rules
-that pin nothing (an SGX rule without ``mrenclave`` or ``mrsigner``, a TDX rule without ``mrtd``, an MAA
-rule without ``claims``, a TPM rule without ``pcrs``) are errors, so a slip never silently allows
-everything. Claims may be named by a dotted path into nested claims (``x-ms-isolation-tee.x-ms-attestation-type``).
+that does not say whether it is debuggable counts as debuggable. Unknown fields and empty values are
+errors, and so is a rule that does not pin a workload (:data:`WORKLOAD_IDENTITY`): values that only name the
+platform (an SGX signer without a product, a TDX firmware, a TPM's firmware PCRs, an MAA attestation type)
+are the same for every tenant of that platform, so a slip never allows everything. A TPM quote proves the
+boot chain of a machine whose TPM the configured CA certifies, not that the machine is a TEE, so ``tpm``
+rules must say ``allow_without_tee: true``. Claims may be named by a dotted path into nested claims
+(``x-ms-isolation-tee.x-ms-attestation-type``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from typing import Any
 from ppml.attest.evidence import VerifiedEvidence
 from ppml.errors import ConfigError, NotFoundError
 
-__all__ = ["Policy", "Rule", "Decision", "load_policy", "load_policies", "parse_duration", "read_yaml"]
+__all__ = ["Policy", "Rule", "Decision", "load_policy", "load_policies", "parse_duration", "read_yaml",
+           "WORKLOAD_IDENTITY"]
 
 DEFAULT_LIFETIME = 15 * 60
 _TCB_DEFAULT = ("UpToDate",)
@@ -64,9 +69,28 @@ _TYPE_FIELDS = {
     "sgx": {*_HEX_FIELDS["sgx"], "isv_prod_id", "min_isv_svn", "tcb_status"},
     "tdx": {*_HEX_FIELDS["tdx"], "tcb_status"},
     "maa": {"issuer"},
-    "tpm": {"pcrs"},
+    "tpm": {"pcrs", "allow_without_tee"},
     "simulated": set(),
 }
+_TDX_WORKLOAD = ("rtmr1", "rtmr2", "rtmr3", "mrconfigid")
+_MAA_TDX_WORKLOAD = ("tdx_rtmr1", "tdx_rtmr2", "tdx_rtmr3", "tdx_mrconfigid")
+# Per evidence type, the sets of requirements of which a rule must name at least one whole set: each set
+# identifies a workload, where the values outside them can be shared by every tenant of a platform. For
+# maa the names are claims (at the top of the token or under x-ms-isolation-tee); for tpm, PCR indexes.
+WORKLOAD_IDENTITY: dict[str, tuple[tuple[str, ...], ...]] = {
+    # MRENCLAVE is the enclave's code; MRSIGNER alone admits every enclave its signer ever built.
+    "sgx": (("mrenclave",), ("mrsigner", "isv_prod_id")),
+    # MRTD is the TD's firmware, shared by every TD that boots it; the RTMRs 1-3 (boot loader, kernel and
+    # command line, the workload) and MRCONFIGID say what runs on it, and mean something only on that MRTD.
+    "tdx": tuple(("mrtd", name) for name in _TDX_WORKLOAD),
+    "maa": (("x-ms-sgx-mrenclave",), ("x-ms-sgx-mrsigner", "x-ms-sgx-product-id"),
+            ("x-ms-sevsnpvm-launchmeasurement",), ("x-ms-sevsnpvm-hostdata",),
+            *(("tdx_mrtd", name) for name in _MAA_TDX_WORKLOAD)),
+    # PCRs 0-7 measure firmware, the same on every machine with it; 8-15 the boot loader, kernel and OS.
+    # 16 and 23 can be reset by any program on the machine, so they prove nothing.
+    "tpm": tuple((str(index),) for index in range(8, 16)),
+}
+_MAA_TEE_SCOPE = "x-ms-isolation-tee."
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
 
@@ -225,9 +249,10 @@ def _rule(raw: object, *, where: str) -> Rule:
     for name in ("isv_prod_id", "min_isv_svn"):
         if name in raw and (type(raw[name]) is not int or raw[name] < 0):
             raise ConfigError(f"{where}: {name} must be a non-negative integer, not {raw[name]!r}")
-    if "allow_debug" in raw and not isinstance(raw["allow_debug"], bool):
-        raise ConfigError(f"{where}: allow_debug must be true or false, not {raw['allow_debug']!r}",
-                          hint="write allow_debug: false without quotes")
+    for flag in ("allow_debug", "allow_without_tee"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise ConfigError(f"{where}: {flag} must be true or false, not {raw[flag]!r}",
+                              hint=f"write {flag}: false without quotes")
     for name in (*_HEX_FIELDS.get(kind, ()), "tcb_status", "issuer"):
         if name in raw:
             _check_value(raw[name], where=f"{where}, {name}", strings=True)
@@ -237,12 +262,35 @@ def _rule(raw: object, *, where: str) -> Rule:
     for bank, values in pcrs.items():
         for index, value in values.items():
             _check_value(value, where=f"{where}, PCR {bank}:{index}", strings=True)
-    required = {"sgx": ("mrenclave", "mrsigner"), "tdx": ("mrtd",), "maa": ("claims",), "tpm": ("pcrs",)}.get(kind, ())
-    if required and not any(raw.get(name) and (name != "pcrs" or any(pcrs.values())) for name in required):
-        raise ConfigError(f"{where}: a {kind} rule must require {' or '.join(required)}",
-                          hint="a rule without them would release keys to any code in any such TEE")
+    _require_workload(kind, raw, where=where)
     requirements = {k: v for k, v in raw.items() if k != "type"}
     return Rule(kind, requirements)
+
+
+def _require_workload(kind: str, raw: Mapping[str, Any], *, where: str) -> None:
+    """Refuse a rule that pins no whole set of :data:`WORKLOAD_IDENTITY`, and a tpm rule that does not
+    accept, in so many words, that TPM evidence proves no TEE."""
+    sets = WORKLOAD_IDENTITY.get(kind)
+    if sets is None:
+        return
+    if kind == "maa":
+        pinned = {name.removeprefix(_MAA_TEE_SCOPE) for name in raw.get("claims") or {}}
+    elif kind == "tpm":
+        pinned = {str(index) for values in (raw.get("pcrs") or {}).values() for index in values}
+    else:
+        pinned = {name for name in raw if raw[name] is not None}
+    if not any(pinned.issuperset(names) for names in sets):
+        shown = " or ".join(" with ".join(names) for names in sets)
+        what = {"maa": "claims", "tpm": "a PCR among"}.get(kind, "")
+        raise ConfigError(f"{where}: a {kind} rule must pin the workload: {what + ' ' if what else ''}{shown}",
+                          hint="values that name only the platform are the same for every tenant on it, so the "
+                               "rule would release keys to any code there (docs/broker.md, 'What each "
+                               "requirement proves')")
+    if kind == "tpm" and raw.get("allow_without_tee") is not True:
+        raise ConfigError(f"{where}: a tpm rule must say allow_without_tee: true",
+                          hint="a TPM quote proves what booted on a machine whose TPM the configured CA certifies, "
+                               "not that the machine is a TEE (a cloud's vTPM CA certifies ordinary VMs too); "
+                               "for confidential VMs use maa tokens, which bind the vTPM to the SEV-SNP/TDX report")
 
 
 def _policy(raw: object, *, source: str) -> Policy:

@@ -34,20 +34,24 @@ name: {name}
 keys: [{key}]
 release_lifetime: 10m
 allow:
-{simulated}  # An SGX enclave: replace the placeholder with your enclave's signer (or pin mrenclave).
+{simulated}  # Every rule must pin the workload, not only the platform (docs/broker.md, "What each requirement
+  # proves"). An SGX enclave: replace the placeholder with your enclave's MRENCLAVE, or pin its signer
+  # together with its product id (a signer alone admits every enclave it ever signed).
   - type: sgx
-    mrsigner: "replace-with-the-hex-mrsigner-of-your-enclave"
-    # mrenclave: ["hex", "hex"]
+    mrenclave: "replace-with-the-hex-mrenclave-of-your-enclave"
+    # mrsigner: "hex"
     # isv_prod_id: 1
     # min_isv_svn: 1
     tcb_status: [UpToDate]
-  # An Intel TDX confidential VM:
+  # An Intel TDX confidential VM: its firmware (mrtd) and what runs on it (rtmr1, rtmr2, rtmr3 or mrconfigid):
   # - type: tdx
   #   mrtd: "hex"
-  # An Azure confidential VM attested by Microsoft Azure Attestation (add the maa verifier to broker.yaml):
+  #   rtmr2: "hex"
+  # An SEV-SNP confidential VM or container group attested by Microsoft Azure Attestation (add the maa
+  # verifier to broker.yaml); its launch measurement or host data names the workload:
   # - type: maa
   #   issuer: https://<provider>.<region>.attest.azure.net
-  #   claims: {{x-ms-attestation-type: sevsnpvm, x-ms-compliance-status: azure-compliant-cvm}}
+  #   claims: {{x-ms-attestation-type: sevsnpvm, x-ms-sevsnpvm-hostdata: "hex"}}
 """
 _SIMULATED_RULE = """\
   # DEVELOPMENT ONLY: simulated evidence proves nothing. Remove this rule (and the simulated verifier in

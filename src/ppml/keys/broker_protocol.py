@@ -7,8 +7,8 @@
    ``{"keys": [{"key": ref, "status": "released", "sealed": b64, "expires_in": s} | {"key": ref,
    "status": "denied", "reason": ...}]}``. Each released data key is sealed to the ephemeral public key
    with HPKE (RFC 9180, base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) and an ``info``
-   that names the protocol, the nonce and the digest of the wrapped key it answers, so a sealed key
-   cannot be replayed into another request or swapped for another key's answer.
+   that names the protocol, the nonce and the digest of the wrapped key it answers (:func:`release_info`),
+   so a sealed key cannot be replayed into another request or swapped for another key's answer.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -63,9 +64,14 @@ def unb64(text: object, *, what: str) -> bytes:
 
 
 def release_info(nonce: bytes, wrapped: WrappedKey) -> bytes:
-    """HPKE ``info`` for the answer to ``wrapped`` in the request with ``nonce``."""
-    wrapped_digest = hashlib.sha256(f"{wrapped.kms}\0{wrapped.key}\0{wrapped.version}\0".encode()
-                                    + wrapped.wrapped).digest()
+    """HPKE ``info`` for the answer to ``wrapped`` in the request with ``nonce``.
+
+    ``PROTOCOL 0x00 "release" 0x00 || nonce (32 bytes) || SHA-256(field(kms) || field(key) || field(version)
+    || field(wrapped))`` where ``field(x) = len(x) (4 bytes, big endian) || x``: the lengths keep two
+    different wrapped keys from giving the same bytes, whatever characters their names contain.
+    """
+    fields = (wrapped.kms.encode(), wrapped.key.encode(), wrapped.version.encode(), wrapped.wrapped)
+    wrapped_digest = hashlib.sha256(b"".join(struct.pack(">I", len(f)) + f for f in fields)).digest()
     return PROTOCOL.encode() + b"\0release\0" + nonce + wrapped_digest
 
 
