@@ -1,8 +1,9 @@
 """Runs a real key broker (``ppml broker serve``, uvicorn over TLS) in a child process for tests.
 
 The broker holds a local key store made here (fast KDF) unless given other KMS entries; it trusts a
-throw-away CA from :func:`keyvault_server.make_pki`. ``BrokerProcess.stop`` sends SIGTERM, like an
-orchestrator, and returns the exit code.
+throw-away CA from :func:`keyvault_server.make_pki`; its audit key (``audit-key.json``, verification key
+``audit-key.json.pub``) is wrapped by the primary key ``broker-audit`` of its first KMS backend.
+``BrokerProcess.stop`` sends SIGTERM, like an orchestrator, and returns the exit code.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import keystores
 import yaml
 from keyvault_server import Pki, make_pki
 
+from ppml.broker.audit_key import create_audit_key, load_verification_key, public_key_path
+from ppml.errors import NotFoundError
 from ppml.keys.local import LocalKms
+from ppml.keys.settings import KeySettings
 
 PASSPHRASE = "broker test passphrase"
 SIMULATED_POLICY = {"name": "dev", "keys": ["local:tpch*"], "release_lifetime": "10m",
@@ -34,6 +38,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def make_audit_key(path: Path, kms: list[dict[str, Any]]) -> Path:
+    """The audit key ``path`` (and its ``.pub``), wrapped by ``broker-audit`` of the first backend of ``kms``."""
+    settings, names = KeySettings.from_backend_entries(kms, where="test broker")
+    backend = settings.backends(names[:1])[names[0]]
+    try:
+        backend.describe_key("broker-audit")
+    except NotFoundError:
+        backend.create_key("broker-audit")
+    create_audit_key(path, backend, "broker-audit")
+    return path
 
 
 def make_keystore(folder: Path, *names: str) -> LocalKms:
@@ -61,6 +77,9 @@ class BrokerProcess:
             self.keystore = make_keystore(folder / "keys", "tpch", "other")
             kms = [{"backend": "local", "keystore": str(folder / "keys" / "keystore.json"),
                     "passphrase": f"file:{folder / 'keys' / 'passphrase'}"}]
+        self.audit_key = folder / "audit-key.json"
+        if not self.audit_key.exists():
+            make_audit_key(self.audit_key, kms)
         config = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "tls": {"certificate": str(self.pki.cert_path), "private_key": str(self.pki.key_path)},
@@ -68,6 +87,7 @@ class BrokerProcess:
             "verifiers": verifiers if verifiers is not None else {"simulated": {}},
             "policies": [str(policy_dir)],
             "audit_log": str(self.audit_log),
+            "audit_key": str(self.audit_key),
             "limits": limits or {},
             **(extra or {}),
         }
@@ -119,6 +139,10 @@ class BrokerProcess:
     def audit_entries(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
+    def verification_key(self):
+        """The audit verification key (the ``.pub`` beside the audit key)."""
+        return load_verification_key(public_key_path(self.audit_key))
+
     @classmethod
     def configured(cls, config_path: Path, *, port: int, ca_path: Path, env: dict[str, str] | None = None,
                    audit_log: Path | None = None) -> BrokerProcess:
@@ -127,6 +151,7 @@ class BrokerProcess:
         process.folder, process.config_path, process.port = config_path.parent, config_path, port
         process.pki = Pki(ca_path, ca_path, ca_path)
         process.audit_log = audit_log or config_path.parent / "audit" / "broker.jsonl"
+        process.audit_key = config_path.parent / "audit" / "audit-key.json"
         process.env = {**os.environ, **(env or {})}
         process.process, process.stderr_path = None, config_path.parent / "broker.stderr"
         return process

@@ -25,6 +25,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any, ClassVar, final
 
@@ -85,11 +86,19 @@ class Evidence:
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, **self.payload}
 
-    @property
+    @cached_property
+    def canonical(self) -> bytes:
+        """The evidence as canonical JSON (sorted keys, no spaces); ``TypeError``/``ValueError`` if it is not JSON.
+
+        Computed once: evidence with collateral is tens of kilobytes, and both its size check and its digest
+        read it.
+        """
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @cached_property
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of this evidence: how the audit log names it."""
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(canonical).hexdigest()
+        return hashlib.sha256(self.canonical).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,7 @@ class EvidenceVerifier(ABC):
             raise AttestationError(f"{evidence.type!r} evidence was given to the {self.type} verifier: "
                                    f"verify it with the {evidence.type!r} verifier")
         try:
-            size = len(json.dumps(evidence.to_json(), separators=(",", ":")).encode())
+            size = len(evidence.canonical)
         except (TypeError, ValueError):
             raise AttestationError(f"{self.type} evidence is not a JSON document: send the fields as JSON "
                                    "text, numbers, lists and objects") from None

@@ -127,16 +127,26 @@ def _same(actual: object, expected: object, *, fold_case: bool) -> bool:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of checking evidence against a policy: allowed or not, and why."""
+    """The outcome of checking evidence against a policy: allowed or not, and why.
+
+    ``reasons`` name the values that fell short and what the policy expects (for the operator: the audit log,
+    ``ppml broker policy check``); ``public_reasons`` name only which requirement fell short, for the caller,
+    who must not learn the policy's expected values from a refusal.
+    """
 
     allowed: bool
     policy: str
     reasons: tuple[str, ...]
     lifetime: int = 0
+    public_reasons: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons)
+
+    @property
+    def public_reason(self) -> str:
+        return "; ".join(self.public_reasons or self.reasons)
 
     def to_json(self) -> dict[str, Any]:
         return {"decision": "allow" if self.allowed else "deny", "policy": self.policy,
@@ -150,22 +160,25 @@ class Rule:
     type: str
     requirements: Mapping[str, Any]
 
-    def failures(self, evidence: VerifiedEvidence) -> list[str]:
-        """Every requirement ``evidence`` does not meet (empty when it meets them all)."""
+    def failures(self, evidence: VerifiedEvidence) -> list[tuple[str, str]]:
+        """Every requirement ``evidence`` does not meet, as ``(reason, public reason)`` (empty when it meets all)."""
         claims, req, found = evidence.claims, self.requirements, []
         debug = claims.get("debug")
         if not req.get("allow_debug", False) and (debug is True or (debug is not False and self.type in _DEBUG_TYPES)):
-            found.append(f"{evidence.type} evidence comes from a debug {'enclave' if evidence.type == 'sgx' else 'TEE'}, "
-                         "whose memory its host can read (allow_debug is not set)" if debug is True else
-                         f"{evidence.type} evidence does not say whether the TEE is debuggable, so it is treated as "
-                         "debuggable (allow_debug is not set)")
+            public = (f"{evidence.type} evidence comes from a debug TEE" if debug is True else
+                      f"{evidence.type} evidence does not say whether the TEE is debuggable")
+            found.append((f"{evidence.type} evidence comes from a debug {'enclave' if evidence.type == 'sgx' else 'TEE'}, "
+                          "whose memory its host can read (allow_debug is not set)" if debug is True else
+                          f"{evidence.type} evidence does not say whether the TEE is debuggable, so it is treated as "
+                          "debuggable (allow_debug is not set)", public))
         for name in _HEX_FIELDS.get(self.type, ()):
             if name in req:
                 self._expect(found, name, claims.get(name), req[name], fold_case=True)
         if "isv_prod_id" in req:
             self._expect(found, "isv_prod_id", claims.get("isv_prod_id"), req["isv_prod_id"])
         if "min_isv_svn" in req and not (type(claims.get("isv_svn")) is int and claims["isv_svn"] >= req["min_isv_svn"]):
-            found.append(f"isv_svn {claims.get('isv_svn')} is below the minimum {req['min_isv_svn']}")
+            found.append((f"isv_svn {claims.get('isv_svn')} is below the minimum {req['min_isv_svn']}",
+                          "isv_svn is below the policy's minimum"))
         if self.type in ("sgx", "tdx"):
             self._expect(found, "TCB status", claims.get("tcb_status"), req.get("tcb_status", list(_TCB_DEFAULT)))
         if "issuer" in req:
@@ -180,12 +193,14 @@ class Rule:
         return found
 
     @staticmethod
-    def _expect(found: list[str], name: str, actual: object, expected: object, *, fold_case: bool = False) -> None:
+    def _expect(found: list[tuple[str, str]], name: str, actual: object, expected: object, *,
+                fold_case: bool = False) -> None:
         accepted = _one_of(expected)
         if not any(_same(actual, value, fold_case=fold_case) for value in accepted):
             shown = "missing" if actual is None else repr(actual)
-            found.append(f"{name} is {shown}, expected {'one of ' if len(accepted) > 1 else ''}"
-                         f"{', '.join(repr(v) for v in accepted)}")
+            found.append((f"{name} is {shown}, expected {'one of ' if len(accepted) > 1 else ''}"
+                          f"{', '.join(repr(v) for v in accepted)}",
+                          f"{name} is missing" if actual is None else f"{name} does not match"))
 
 
 @dataclass(frozen=True)
@@ -207,17 +222,20 @@ class Policy:
         rules = [r for r in self.rules if r.type == evidence.type]
         if not rules:
             accepted = sorted({r.type for r in self.rules})
-            return Decision(False, self.name, (f"policy {self.name} does not accept {evidence.type} evidence "
-                                               f"(it accepts: {', '.join(accepted)})",))
+            refusal = f"policy {self.name} does not accept {evidence.type} evidence"
+            return Decision(False, self.name, (f"{refusal} (it accepts: {', '.join(accepted)})",),
+                            public_reasons=(refusal,))
         reasons: list[str] = []
+        public: list[str] = []
         for number, rule in enumerate(rules, 1):
             failures = rule.failures(evidence)
             if not failures:
                 return Decision(True, self.name, (f"{evidence.type} rule {number} of policy {self.name} met",),
                                 self.lifetime)
             prefix = f"{evidence.type} rule {number}: " if len(rules) > 1 else ""
-            reasons.extend(prefix + failure for failure in failures)
-        return Decision(False, self.name, tuple(reasons))
+            reasons.extend(prefix + full for full, _ in failures)
+            public.extend(prefix + shown for _, shown in failures)
+        return Decision(False, self.name, tuple(reasons), public_reasons=tuple(public))
 
 
 def _check_value(value: object, *, where: str, strings: bool = False) -> None:

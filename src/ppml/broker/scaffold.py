@@ -1,7 +1,9 @@
-"""A ready-to-run broker folder: TLS certificates, a configuration and a release policy to edit.
+"""A ready-to-run broker folder: TLS certificates, a configuration, an audit key and a release policy to edit.
 
 The CA and server certificate are for getting started and for private networks; production brokers use
-certificates from the organisation's PKI (replace the two files named in ``tls``).
+certificates from the organisation's PKI (replace the two files named in ``tls``). The audit key is wrapped
+by the key store's primary key ``broker-audit`` (created if missing), which no policy governs; heads go to a
+local file, which production replaces with an Azure path on an immutable container.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ppml.broker.audit_key import create_audit_key, public_key_path
 from ppml.errors import AlreadyExistsError, UsageError
 from ppml.keys import secure_files
+from ppml.keys.local import LocalKms
+from ppml.keys.settings import read_secret_source
 
 __all__ = ["BrokerFolder", "create_broker_folder", "write_tls_files"]
 
 _CERT_DAYS = 365
 _KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+AUDIT_KEY_NAME = "broker-audit"
 
 _POLICY = """\
 # Release policy for {title}: which workloads may receive its data keys (docs/broker.md, "Release policies").
@@ -70,6 +76,8 @@ verifiers:
   tdx: {{}}
 {simulated}policies: [policies/]
 audit_log: audit/broker.jsonl
+audit_key: audit/audit-key.json        # signs every audit entry; publish audit-key.json.pub to auditors
+audit_heads: {{sink: "file:audit/heads.jsonl", interval: 10s}}   # production: az://CONTAINER/PATH, immutable
 limits: {{max_request_bytes: 262144, requests_per_second: 20, burst: 40, nonce_lifetime: 60s}}
 key_cache: 5m
 """
@@ -81,6 +89,7 @@ class BrokerFolder:
     ca_certificate: Path
     policy: Path
     url: str
+    audit_key: Path
 
 
 def _certificates(names: list[str]) -> tuple[bytes, bytes, bytes]:
@@ -141,12 +150,14 @@ def _url(host: str, port: int) -> str:
 def create_broker_folder(folder: str | Path, *, key_name: str, keystore: str, passphrase: str,
                          hosts: list[str] | None = None, listen: str = "127.0.0.1", port: int = 8443,
                          simulated: bool = False) -> BrokerFolder:
-    """Write ``broker.yaml``, ``tls/`` (CA, server certificate, 0600 key) and ``policies/<key>.yaml``.
+    """Write ``broker.yaml``, ``tls/`` (CA, server certificate, 0600 key), ``audit/audit-key.json`` (and
+    its ``.pub``) and ``policies/<key>.yaml``.
 
     The broker releases data keys of the local key store's primary key ``key_name``. ``passphrase`` is the
-    key store passphrase *source* (``env:VAR``, ``file:PATH``...), never a value. ``hosts`` are the names
-    clients use (the certificate covers them and a specific ``listen`` address). Refuses to overwrite any
-    file.
+    key store passphrase *source* (``env:VAR``, ``file:PATH``...), never a value; it is read once here, to
+    wrap the audit key with the primary key :data:`AUDIT_KEY_NAME` (created if the store lacks it).
+    ``hosts`` are the names clients use (the certificate covers them and a specific ``listen`` address).
+    Refuses to overwrite any file.
     """
     if not _KEY_NAME.match(key_name):
         raise UsageError(f"invalid key name {key_name!r}", hint="use letters, digits, '-', '_' and '.'")
@@ -159,20 +170,25 @@ def create_broker_folder(folder: str | Path, *, key_name: str, keystore: str, pa
             raise UsageError(f"invalid host name {name!r} for the broker's certificate",
                              hint="give DNS names or IP addresses with --host")
     policy = folder / "policies" / f"{key_name}.yaml"
+    audit_key = folder / "audit" / "audit-key.json"
     targets = [folder / "broker.yaml", folder / "tls" / "ca.pem", folder / "tls" / "broker.pem",
-               folder / "tls" / "broker-key.pem", policy]
+               folder / "tls" / "broker-key.pem", policy, audit_key, public_key_path(audit_key)]
     existing = [str(t) for t in targets if t.exists()]
     if existing:
         raise AlreadyExistsError(f"{', '.join(existing)} already exist(s)",
                                  hint="choose another folder, or edit the files there")
+    store = LocalKms(keystore, lambda: read_secret_source(passphrase, what="key store passphrase"))
+    if AUDIT_KEY_NAME not in {info.name for info in store.list_keys()}:
+        store.create_key(AUDIT_KEY_NAME)
+    (folder / "audit").mkdir(mode=0o700, parents=True, exist_ok=True)
+    create_audit_key(audit_key, store, AUDIT_KEY_NAME)
     write_tls_files(folder / "tls", names)
     policy.parent.mkdir(exist_ok=True)
     reference = f"local:{key_name}"
     policy.write_text(_POLICY.format(title=reference, name=json.dumps(key_name), key=json.dumps(reference),
                                      simulated=_SIMULATED_RULE if simulated else ""))
-    (folder / "audit").mkdir(mode=0o700, exist_ok=True)
     (folder / "broker.yaml").write_text(_CONFIG.format(
         listen=json.dumps(listen), port=port, keystore=json.dumps(keystore), passphrase=json.dumps(passphrase),
         simulated="  simulated: {}  # DEVELOPMENT ONLY\n" if simulated else ""))
     client_host = names[0] if hosts or wildcard else listen
-    return BrokerFolder(folder / "broker.yaml", folder / "tls" / "ca.pem", policy, _url(client_host, port))
+    return BrokerFolder(folder / "broker.yaml", folder / "tls" / "ca.pem", policy, _url(client_host, port), audit_key)

@@ -1,26 +1,30 @@
-"""The key broker's decisions, independent of HTTP: nonces, verification, policy, unwrapping, audit.
+"""The key broker's decisions, independent of HTTP: nonces, verification, policy, unwrapping, sealing.
 
-Every release request ends in audit entries with their reasons: one per requested key once the evidence
-has verified (allowed or denied, each on its own), else one for the whole refused request, naming the
-keys it asked for (so an unauthenticated flood costs one entry per request, not one per key). Refusals carry no key material:
-they are built from the request's public parts and the verifier's or policy's explanation.
+A release request ends in audit entries with their reasons: one per requested key once the evidence has
+verified (allowed or denied, each on its own), else one for the whole refused request. The ledger
+(:mod:`ppml.broker.ledger`) records the nonce as used and makes the entries durable before any sealed key
+is answered. What a refused request records is bounded (at most 8 key names of 128 characters, a reason of
+512), and such entries are budgeted per client, so a request costs its sender as much as the broker.
+
+Refusals carry no key material. The caller learns which requirement fell short, not the values a policy
+expects, the broker's paths or its verifiers' settings; the audit entry has the full reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
-import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
-from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, open_verifier
+from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
 from ppml.attest.policy import Policy
-from ppml.broker.audit import AuditLog
 from ppml.broker.config import BrokerConfig
-from ppml.broker.nonces import NONCE_SIZE, NonceBook
+from ppml.broker.nonces import NONCE_SIZE, NonceIssuer, NonceStoreError
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import AttestationError, PpmlError
@@ -34,91 +38,171 @@ from ppml.keys.broker_protocol import (
 )
 from ppml.keys.expiring_keys import ExpiringKeys
 from ppml.keys.kms import KeyManagementService
-from ppml.keys.settings import KeySettings
 
-__all__ = ["BrokerService", "Refusal", "open_backends"]
+__all__ = ["BrokerService", "Refusal", "LedgerHandle", "client_group"]
 
 log = logging.getLogger("ppml.broker")
-_MAX_LOGGED_REFERENCE = 256
+_MAX_LISTED_KEYS = 8
+_MAX_REFERENCE = 128
+_MAX_REASON = 512
+_MAX_CALLER_NAME = 128
 
 
 @dataclass
 class Refusal(Exception):
-    """A request refused as a whole: HTTP status, stable code and the reason (safe to show the caller)."""
+    """A request refused as a whole: HTTP status, stable code, the reason for the audit log and the one the
+    caller sees (the same unless the reason names the broker's configuration)."""
 
     status: int
     code: str
     reason: str
+    public: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.public or self.reason
 
 
-def open_backends(entries: tuple[Mapping[str, Any], ...], *, where: str) -> dict[str, KeyManagementService]:
-    """KMS backends from the configuration's ``kms`` list, by name. Secrets stay sources until used."""
-    settings, names = KeySettings.from_backend_entries(entries, where=where)
-    return settings.backends(names)
+class LedgerHandle(Protocol):
+    """What the service needs of the ledger: :class:`~ppml.broker.ledger.Ledger` or its remote handle."""
+
+    async def release(self, nonce: bytes, expiry: int, entries: list[dict[str, Any]], replay: dict[str, Any],
+                      client: str, *, whole: bool) -> bool: ...
+
+    async def refuse(self, entry: dict[str, Any], client: str) -> None: ...
+
+    async def totals(self, add: Mapping[str, int] | None = None) -> dict[str, int]: ...
+
+
+def client_group(address: str) -> str:
+    """The unit of per-client limits: an IPv4 address, or an IPv6 /64 (one host can use a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
+def caller_of(address: str, name: object = None) -> dict[str, Any]:
+    """The ``caller`` of an audit entry: the address, and the name the client declared (not proven)."""
+    caller: dict[str, Any] = {"address": address}
+    if isinstance(name, str) and name:
+        caller["declared_name"] = name[:_MAX_CALLER_NAME]
+    return caller
+
+
+def _bounded(references: list[str]) -> dict[str, Any]:
+    listed = {"keys": [r[:_MAX_REFERENCE] for r in references[:_MAX_LISTED_KEYS]]}
+    return {**listed, "keys_total": len(references)} if len(references) > _MAX_LISTED_KEYS else listed
 
 
 class BrokerService:
-    """Holds the broker's state: verifiers, policies, KMS backends, nonces, key cache and audit log."""
+    """A worker's state: verifiers, policies, KMS backends, the nonce issuer, the key cache and its counts.
 
-    def __init__(self, config: BrokerConfig, *, backends: Mapping[str, KeyManagementService] | None = None) -> None:
+    Parameters
+    ----------
+    config
+        The broker configuration.
+    backends
+        The KMS backends by name.
+    issuer
+        Issues and checks nonces (its secret is shared by the replica's workers, or all replicas).
+    ledger
+        Records used nonces and audit entries (in this process or the supervising one).
+    withheld
+        Wrapped keys never released whatever the policies say: the broker's own audit key.
+    """
+
+    def __init__(self, config: BrokerConfig, *, backends: Mapping[str, KeyManagementService],
+                 verifiers: Mapping[str, EvidenceVerifier], issuer: NonceIssuer, ledger: LedgerHandle,
+                 withheld: frozenset[bytes] = frozenset()) -> None:
         self.config = config
         self.policies: tuple[Policy, ...] = config.policies
-        self.verifiers: dict[str, EvidenceVerifier] = {t: open_verifier(t, **s) for t, s in config.verifiers.items()}
-        self.backends = dict(backends) if backends is not None else open_backends(config.kms, where=f"broker configuration {config.source}")
-        self.audit = AuditLog(config.audit_log)
-        self.counters: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
-        self.nonces = NonceBook(config.limits.nonce_lifetime)
+        self.verifiers = dict(verifiers)
+        self.backends = dict(backends)
+        self.nonces = issuer
+        self.ledger = ledger
+        self.withheld = withheld
         self.keys = ExpiringKeys()
-        if "simulated" in self.verifiers:
-            log.warning("SIMULATED ATTESTATION IS ENABLED: evidence of type 'simulated' proves nothing; keys "
-                        "governed by a policy that allows it are released to any caller")
-        if config.verification_time is not None:
-            log.warning("evidence is verified as of %s, not the current time: for checking stored evidence only",
-                        config.verification_time.isoformat())
-        self.audit.append("start", config=config.source, policies=[p.name for p in self.policies],
-                          verifiers=sorted(self.verifiers), kms=sorted(self.backends),
-                          verification_time=config.verification_time.isoformat() if config.verification_time else None)
-
-    def count(self, name: str) -> None:
-        with self._counter_lock:
-            self.counters[name] += 1
+        self._counts: Counter[str] = Counter()  # this worker's, not yet added to the replica's
 
     def issue_nonce(self) -> tuple[bytes, int]:
         """A fresh single-use nonce and its lifetime in seconds."""
-        self.count("nonces")
+        self._counts["nonces"] += 1
         return self.nonces.issue(), self.nonces.lifetime
+
+    async def counters(self) -> dict[str, int]:
+        """The replica's counters, this worker's counts added to them first."""
+        counts, self._counts = self._counts, Counter()
+        return await self.ledger.totals(counts)
 
     # -- releases -------------------------------------------------------------------------------------
 
-    def refuse(self, caller: Mapping[str, Any], refusal: Refusal, *, evidence: dict[str, Any] | None = None,
-               keys: list[str] | None = None) -> None:
-        """Record a request refused as a whole: one audit entry, naming the keys it asked for."""
-        named = {"keys": [k[:_MAX_LOGGED_REFERENCE] for k in keys]} if keys else {}
-        self.audit.append("release", decision="deny", caller=dict(caller), evidence=evidence, policy=None,
-                          **named, reason=refusal.reason, code=refusal.code)
-        self.count("denied")
+    async def refuse(self, caller: Mapping[str, Any], refusal: Refusal, *, evidence: dict[str, Any] | None = None,
+                     keys: list[str] | None = None) -> None:
+        """Record a request refused before it reached a nonce (malformed, too large, rate-limited, a nonce
+        that is not genuine): one bounded entry, within the client's budget."""
+        await self.ledger.refuse(self._whole(caller, refusal, evidence, keys), client_group(caller["address"]))
 
-    def release(self, body: object, caller: Mapping[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _whole(caller: Mapping[str, Any], refusal: Refusal, evidence: dict[str, Any] | None,
+               keys: list[str] | None) -> dict[str, Any]:
+        return {"event": "release", "decision": "deny", "caller": dict(caller), "evidence": evidence,
+                "policy": None, **(_bounded(keys) if keys else {}), "reason": refusal.reason[:_MAX_REASON],
+                "code": refusal.code}
+
+    async def release(self, body: object, caller: Mapping[str, Any]) -> dict[str, Any]:
         """Handle one release request; returns the response body or raises :class:`Refusal` (audited)."""
-        nonce, public_key, evidence, wrapped_keys = self._parse(body, caller)
+        client = client_group(caller["address"])
+        try:
+            nonce, public_key, evidence, wrapped_keys = self._parse(body)
+        except Refusal as refusal:
+            await self.refuse(caller, refusal)
+            raise
         references = [self._reference(w) for w in wrapped_keys]
-        if not self.nonces.consume(nonce):
-            refusal = Refusal(403, "nonce", "the nonce is unknown, expired or already used (a replayed or stale "
-                                            "request); ask for a new nonce and attest again")
-            self.refuse(caller, refusal, evidence={"type": evidence.type, "digest": evidence.digest}, keys=references)
+        record = {"type": evidence.type[:64], "digest": evidence.digest}
+        if not self.nonces.genuine(nonce):
+            refusal = Refusal(403, "nonce", "the nonce is unknown or expired (made up, from another broker, or "
+                                            "stale); ask for a new nonce and attest again")
+            await self.refuse(caller, refusal, evidence=record, keys=references)
             raise refusal
-        verified, evidence_record = self._verify(evidence, nonce, public_key, caller, references)
-        answers = [self._answer(w, ref, verified, evidence_record, nonce, public_key, caller)
-                   for w, ref in zip(wrapped_keys, references)]
+        replayed = Refusal(403, "nonce", "the nonce was already used (a replayed request); ask for a new nonce "
+                                         "and attest again")
+        replay = self._whole(caller, replayed, record, references)
+        try:
+            verified = self._verify(evidence, nonce, public_key, record)
+        except Refusal as refusal:
+            await self._commit(nonce, [self._whole(caller, refusal, record, references)], replay, client, whole=True)
+            raise
+        entries, answers = [], []
+        for wrapped, reference in zip(wrapped_keys, references, strict=True):
+            entry, answer = await self._answer(wrapped, reference, verified, record, nonce, public_key, caller)
+            entries.append(entry)
+            answers.append(answer)
+        await self._commit(nonce, entries, replay, client, whole=False)
+        if verified.simulated:
+            log.warning("SIMULATED attestation: released keys to %s", dict(caller))
         return {"keys": answers}
+
+    async def _commit(self, nonce: bytes, entries: list[dict[str, Any]], replay: dict[str, Any], client: str, *,
+                      whole: bool) -> None:
+        try:
+            first = await self.ledger.release(nonce, self.nonces.expiry(nonce), entries, replay, client, whole=whole)
+        except NonceStoreError as exc:
+            # Not recorded as used, so it must not be honoured; the refusal is recorded (budgeted) if possible.
+            refusal = Refusal(503, "unavailable", str(exc),
+                              "the broker cannot record the nonce's use right now; try again shortly")
+            await self.ledger.refuse({**replay, "reason": refusal.reason[:_MAX_REASON], "code": refusal.code}, client)
+            raise refusal from None
+        if not first:
+            raise Refusal(403, "nonce", replay["reason"])
 
     def _reference(self, wrapped: WrappedKey) -> str:
         """``<kms>:<key>`` in the backend's canonical spelling: what policies are matched against."""
         backend = self.backends.get(wrapped.kms)
         return f"{wrapped.kms}:{backend.canonical_key(wrapped.key) if backend else wrapped.key}"
 
-    def _parse(self, body: object, caller: Mapping[str, Any]) -> tuple[bytes, bytes, Evidence, list[WrappedKey]]:
+    def _parse(self, body: object) -> tuple[bytes, bytes, Evidence, list[WrappedKey]]:
         try:
             if not isinstance(body, Mapping):
                 raise ValueError("the request body must be a JSON object")
@@ -132,86 +216,97 @@ class BrokerService:
                 raise ValueError(f"keys must list 1 to {MAX_KEYS_PER_REQUEST} wrapped keys")
             wrapped = [WrappedKey.from_json(k) for k in keys]
             evidence = Evidence.from_json(body.get("evidence"))
-        except (ValueError, AttestationError) as exc:
-            refusal = Refusal(400, "malformed", f"malformed release request: {exc}")
-            self.refuse(caller, refusal)
-            raise refusal from None
+            evidence.digest  # noqa: B018 - evidence that is not JSON (NaN aside) is malformed, found here
+        except (ValueError, TypeError, AttestationError) as exc:
+            raise Refusal(400, "malformed", f"malformed release request: {str(exc)[:_MAX_REASON]}") from None
         return nonce, public_key, evidence, wrapped
 
-    def _verify(self, evidence: Evidence, nonce: bytes, public_key: bytes, caller: Mapping[str, Any],
-                references: list[str]) -> tuple[VerifiedEvidence, dict[str, Any]]:
-        record: dict[str, Any] = {"type": evidence.type, "digest": evidence.digest}
+    def _verify(self, evidence: Evidence, nonce: bytes, public_key: bytes,
+                record: dict[str, Any]) -> VerifiedEvidence:
         verifier = self.verifiers.get(evidence.type)
+        not_verified = (f"the {evidence.type[:64]} evidence did not verify; the broker's audit log records why "
+                        f"(evidence {record['digest'][:16]})")
         try:
             if verifier is None:
-                raise AttestationError(f"this broker does not accept {evidence.type} evidence "
-                                       f"(it accepts: {', '.join(sorted(self.verifiers))})")
+                raise Refusal(403, "attestation", f"this broker does not accept {evidence.type[:64]} evidence "
+                                                  f"(it accepts: {', '.join(sorted(self.verifiers))})",
+                              f"this broker does not accept {evidence.type[:64]} evidence")
             verified = verifier.verify(evidence, at=self.config.verification_time or datetime.now(timezone.utc))
             record.update(identity=verified.identity, simulated=verified.simulated)
             if not verified.binds(nonce, public_key):
-                raise AttestationError("the evidence is not bound to this request: its report data does not carry "
-                                       "SHA-256(nonce || public_key) (evidence made for another request or key)")
+                raise Refusal(403, "attestation", "the evidence is not bound to this request: its report data does "
+                                                  "not carry SHA-256(nonce || public_key) (evidence made for another "
+                                                  "request or key)")
         except AttestationError as exc:
-            refusal = Refusal(403, "attestation", exc.message)
-            self.refuse(caller, refusal, evidence=record, keys=references)
-            raise refusal from None
+            raise Refusal(403, "attestation", exc.message, not_verified) from None
+        except Refusal:
+            raise
         except Exception as exc:  # a verifier bug must still end in a refusal and an audit entry
             log.exception("the %s verifier failed on evidence %s", evidence.type, record["digest"])
-            refusal = Refusal(403, "attestation", f"the {evidence.type} evidence could not be verified "
-                                                  f"({type(exc).__name__}); see the broker's log")
-            self.refuse(caller, refusal, evidence=record, keys=references)
-            raise refusal from None
-        return verified, record
+            raise Refusal(403, "attestation", f"the {evidence.type} evidence could not be verified "
+                                              f"({type(exc).__name__}); see the broker's log", not_verified) from None
+        return verified
 
-    def _answer(self, wrapped: WrappedKey, reference: str, verified: VerifiedEvidence, record: dict[str, Any],
-                nonce: bytes, public_key: bytes, caller: Mapping[str, Any]) -> dict[str, Any]:
-        entry = {"caller": dict(caller), "evidence": record, "key": reference, "version": wrapped.version}
+    async def _answer(self, wrapped: WrappedKey, reference: str, verified: VerifiedEvidence, record: dict[str, Any],
+                      nonce: bytes, public_key: bytes, caller: Mapping[str, Any]) -> tuple[dict, dict]:
+        entry = {"event": "release", "caller": dict(caller), "evidence": record, "key": reference[:_MAX_REFERENCE],
+                 "version": wrapped.version[:_MAX_REFERENCE]}
+        answer = {"key": reference, "version": wrapped.version}
+        if wrapped.wrapped in self.withheld:
+            reason = f"{reference} wraps the broker's own audit key, which is never released"
+            return self._deny(entry, answer, None, reason, reason, "withheld")
         governing = [p for p in self.policies if p.governs(reference)]
         if not governing:
-            return self._deny(entry, None, f"no policy governs the key {reference}: unknown key", "unknown-key")
+            reason = f"no policy governs the key {reference}: unknown key"
+            return self._deny(entry, answer, None, reason, reason, "unknown-key")
         # Every policy that governs the key must allow: a broad policy can never override a strict one.
         decisions = [p.evaluate(verified) for p in governing]
         names = ", ".join(p.name for p in governing)
         refusals = [d for d in decisions if not d.allowed]
         if refusals:
-            return self._deny(entry, names, "; ".join(f"policy {d.policy}: {d.reason}" for d in refusals), "policy")
+            return self._deny(entry, answer, names, "; ".join(f"policy {d.policy}: {d.reason}" for d in refusals),
+                              "; ".join(f"policy {d.policy}: {d.public_reason}" for d in refusals), "policy")
         backend = self.backends.get(wrapped.kms)
         if backend is None:
-            return self._deny(entry, names, f"this broker holds no {wrapped.kms!r} key management service",
-                              "unknown-key")
+            reason = f"this broker holds no {wrapped.kms!r} key management service"
+            return self._deny(entry, answer, names, reason, reason, "unknown-key")
         try:
-            key = self._unwrap(backend, wrapped)
+            key = await self._unwrap(backend, wrapped)
         except PpmlError as exc:
-            return self._deny(entry, names, f"cannot unwrap: {exc.message}", "unwrap")
+            return self._deny(entry, answer, names, f"cannot unwrap: {exc.message}",
+                              "the broker cannot unwrap this key; its audit log records why", "unwrap")
         lifetime = min(d.lifetime for d in decisions)
         sealed = seal_data_key(key, public_key, release_info(nonce, wrapped))
-        if verified.simulated:
-            log.warning("SIMULATED attestation: released %s to %s under policy %s", reference, caller, names)
-        self.audit.append("release", decision="allow", policy=names, reason="; ".join(d.reason for d in decisions),
-                          lifetime=lifetime, key_id=key.key_id, **entry)
-        self.count("released")
-        return {"key": reference, "version": wrapped.version, "status": "released", "sealed": b64(sealed),
-                "expires_in": lifetime, **({"simulated": True} if verified.simulated else {})}
+        entry.update(decision="allow", policy=names, reason="; ".join(d.reason for d in decisions), lifetime=lifetime,
+                     key_id=key.key_id)
+        answer.update(status="released", sealed=b64(sealed), expires_in=lifetime,
+                      **({"simulated": True} if verified.simulated else {}))
+        return entry, answer
 
-    def _deny(self, entry: dict[str, Any], policy: str | None, reason: str, code: str) -> dict[str, Any]:
-        self.audit.append("release", decision="deny", policy=policy, reason=reason, code=code, **entry)
-        self.count("denied")
-        return {"key": entry["key"], "version": entry["version"], "status": "denied", "code": code, "reason": reason}
+    @staticmethod
+    def _deny(entry: dict[str, Any], answer: dict[str, Any], policy: str | None, reason: str, public: str,
+              code: str) -> tuple[dict, dict]:
+        entry.update(decision="deny", policy=policy, reason=reason[:_MAX_REASON], code=code)
+        answer.update(status="denied", code=code, reason=public)
+        return entry, answer
 
-    def _unwrap(self, backend: KeyManagementService, wrapped: WrappedKey) -> DataKey:
-        """Through the key cache (``key_cache`` seconds), so KMS calls follow distinct keys."""
+    async def _unwrap(self, backend: KeyManagementService, wrapped: WrappedKey) -> DataKey:
+        """Through the key cache (``key_cache`` seconds), so KMS calls follow distinct keys. A cached key is
+        answered at once; the KMS is called in a thread, since it may wait on a network or an HSM."""
+        cache_key = (wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped)
+        held = self.keys.peek(cache_key)
+        if held is not None:
+            return held
+
         def kms_unwrap() -> tuple[DataKey, float]:
             key = backend.unwrap(wrapped)
-            self.count("kms_unwraps")
+            self._counts["kms_unwraps"] += 1
             return key, self.config.key_cache
 
         if self.config.key_cache <= 0:  # no cache: concurrent releases need not wait for each other
-            return kms_unwrap()[0]
-        return self.keys.get((wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped), kms_unwrap)[0]
+            return (await asyncio.to_thread(kms_unwrap))[0]
+        return (await asyncio.to_thread(self.keys.get, cache_key, kms_unwrap))[0]
 
-    def close(self) -> str:
-        """Forget cached keys, close the audit log; returns its head hash."""
+    def close(self) -> None:
+        """Forget cached keys."""
         self.keys.clear()
-        entry = self.audit.append("stop", counters=dict(self.counters))
-        self.audit.close()
-        return entry["hash"]

@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppml.cli._common import JsonOpt, emit_json, err
+from ppml.cli._common import JsonOpt, emit_json, err, shown
 from ppml.cli.options import KeystoreOpt, VerifierChoice, verifier_options
 
 app = typer.Typer(help="The key broker: releases data keys only to attested workloads.", no_args_is_help=True)
 policy_app = typer.Typer(help="Release policies.", no_args_is_help=True)
-audit_app = typer.Typer(help="The broker's hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The broker's signed, hash-chained audit log.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 
@@ -39,7 +39,10 @@ def init(
     simulated: Annotated[bool, typer.Option(
         "--simulated", help="Also accept simulated evidence (development only: it proves nothing).")] = False,
 ) -> None:
-    """Create a broker folder: TLS certificates, a configuration and a release policy to edit.
+    """Create a broker folder: TLS certificates, a configuration, an audit key and a release policy to edit.
+
+    The key store passphrase is read once, to wrap the audit key with the primary key broker-audit (created
+    in the key store if it is missing).
 
     **Examples**
 
@@ -58,7 +61,8 @@ def init(
     made = create_broker_folder(folder, key_name=key_name, keystore=str(store),
                                 passphrase=passphrase_source, hosts=host, listen=listen, port=port,
                                 simulated=simulated)
-    err.print(f"Created {made.config}, TLS certificates in {made.ca_certificate.parent} and the policy {made.policy}.")
+    err.print(f"Created {shown(made.config)}, TLS certificates in {shown(made.ca_certificate.parent)}, the audit key "
+              f"{shown(made.audit_key)} (publish {shown(made.audit_key)}.pub) and the policy {shown(made.policy)}.")
     if simulated:
         err.print("[bold red]The broker accepts SIMULATED evidence: for development only.[/]")
     err.print(f"Next: edit {made.policy}, then\n  ppml broker serve --config {made.config}\n"
@@ -70,6 +74,7 @@ def init(
 @app.command()
 def serve(config: ConfigOpt) -> None:
     """Serve key releases over HTTPS until interrupted (Ctrl-C or SIGTERM: in-flight requests finish)."""
+    from ppml.broker.audit_key import public_key_path
     from ppml.broker.config import load_config
     from ppml.broker.server import serve as run
 
@@ -81,8 +86,9 @@ def serve(config: ConfigOpt) -> None:
     err.print(f"ppml: key broker on https://{settings.host}:{settings.port}; "
               f"{len(settings.policies)} policies; audit log {settings.audit_log}")
     head = run(settings)
-    err.print(f"ppml: key broker stopped; audit log head {head} (keep it to detect lines cut off the end: "
-              f"ppml broker audit verify {settings.audit_log} --expect-head {head})")
+    heads = f" --heads {settings.heads_sink}" if settings.heads_sink else f" --expect-head {head}"
+    err.print(f"ppml: key broker stopped; audit log head {head}; check the log with: ppml broker audit verify "
+              f"{shown(settings.audit_log)} --key {shown(public_key_path(settings.audit_key))}{shown(heads)}")
 
 
 @policy_app.command("check")
@@ -130,16 +136,83 @@ def policy_check(
 @audit_app.command("verify")
 def audit_verify(
     log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
+    key: Annotated[Optional[list[Path]], typer.Option(
+        "--key", metavar="PUB", help="The broker's audit verification key (the .pub beside audit_key; repeatable). "
+                                     "Without it signatures are not checked.")] = None,
+    heads: Annotated[Optional[str], typer.Option(
+        "--heads", metavar="SINK", help="Where the broker published heads (file:PATH or an Azure path): the log must "
+                                        "hold every head published for it.")] = None,
     expect_head: Annotated[Optional[str], typer.Option("--expect-head", help="The hash the log must end with "
                                                                              "(recorded when the broker stopped).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check that no entry of LOG was edited, dropped, inserted or reordered (exit 4 if one was)."""
-    from ppml.broker.audit import verify_audit_log
+    """Check that no entry of LOG was edited, dropped, inserted, reordered or forged (exit 4 if one was).
 
-    report = verify_audit_log(log, expect_head=expect_head)
+    With --key every entry must carry a valid signature by the broker's audit key, so a log rewritten without
+    that key (entries deleted, hashes recomputed) is refused; with --heads, lines cut off the end are found too.
+
+    **Examples**
+
+    * `ppml broker audit verify audit/broker.jsonl --key audit/audit-key.json.pub --heads file:audit/heads.jsonl`
+    * `ppml broker audit verify broker.jsonl --key audit-key.pub --heads az://audit-heads/brokers.jsonl`
+    """
+    import asyncio
+
+    from ppml.broker.audit import verify_audit_log
+    from ppml.broker.audit_key import load_verification_key
+    from ppml.broker.heads import check_heads, open_sink, published_seqs
+    from ppml.errors import UsageError
+
+    keys = [load_verification_key(path) for path in key or []]
+    records: list = []
+    if heads is not None:
+        if not keys:
+            raise UsageError("--heads needs --key: published heads are trusted only with a valid signature")
+        records = asyncio.run(open_sink(heads, where="--heads").read(whole=True))
+    report = verify_audit_log(log, keys=keys, expect_head=expect_head, collect=published_seqs(records, keys))
+    checked = check_heads(report, records, keys, where=f"audit log {log}") if heads is not None else 0
+    document = {**report.to_json(), "heads_checked": checked}
     if as_json:
-        emit_json("broker.audit.verify", {"log": str(log), "intact": True, **report.to_json()})
-    else:
-        err.print(f"{log}: intact, {report.entries} entries ({report.allowed} releases allowed, {report.denied} "
-                  f"denied); head {report.head}")
+        emit_json("broker.audit.verify", {"log": str(log), "intact": True, **document})
+        return
+    signed = (f"every entry signed by audit key {', '.join(report.key_ids)}" if keys else
+              "signatures NOT checked (give the verification key with --key)")
+    if report.unsigned_prefix:
+        signed += f", except the first {report.unsigned_prefix}, written before audit keys (chain only)"
+    err.print(f"{shown(log)}: intact, {report.entries} entries ({report.allowed} releases allowed, {report.denied} "
+              f"denied); {signed}; " + (f"{checked} published heads found in it; " if heads is not None else "")
+              + f"head {report.head}")
+
+
+@audit_app.command("new-key")
+def audit_new_key(
+    config: ConfigOpt,
+    key_name: Annotated[str, typer.Option("--key-name", help="Primary key that wraps the audit key: use one no "
+                                                            "policy governs.")] = "broker-audit",
+    kms: Annotated[Optional[str], typer.Option("--kms", help="Which of the configuration's kms backends wraps it "
+                                                            "[default: the first].")] = None,
+) -> None:
+    """Make the broker's audit signing key: the file named by audit_key (wrapped by a KMS primary key) and its
+    published verification key (the same name + .pub).
+
+    **Examples**
+
+    * `ppml broker audit new-key --config broker.yaml --key-name broker-audit`
+    * `ppml broker audit new-key --config broker.yaml --kms pkcs11 --key-name audit`
+    """
+    from ppml.broker.audit_key import create_audit_key, public_key_path
+    from ppml.broker.config import load_config
+    from ppml.errors import UsageError
+    from ppml.keys.settings import KeySettings
+
+    settings = load_config(config)
+    backends_settings, names = KeySettings.from_backend_entries(settings.kms, where=f"broker configuration {config}")
+    chosen = kms or names[0]
+    if chosen not in names:
+        raise UsageError(f"the broker configuration {config} has no {chosen!r} kms backend",
+                         hint="choose one of: " + ", ".join(names))
+    backend = backends_settings.backends([chosen])[chosen]
+    key_id = create_audit_key(settings.audit_key, backend, key_name)
+    err.print(f"Wrote the audit key {shown(settings.audit_key)} (wrapped by {chosen}:{shown(key_name)}) and its "
+              f"verification key {shown(public_key_path(settings.audit_key))}; key id {key_id}. Publish the .pub "
+              "file: auditors verify the log with it.")

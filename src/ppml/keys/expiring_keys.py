@@ -45,6 +45,11 @@ class ExpiringKeys:
                     self._keys[cache_key] = (key, time.monotonic() + seconds)
             return key, True
 
+    def peek(self, cache_key: Hashable) -> DataKey | None:
+        """The key held for ``cache_key`` if it has not expired, without waiting for a fetch in progress."""
+        held = self._keys.get(cache_key)
+        return held[0] if held is not None and held[1] > time.monotonic() else None
+
     def _drop_expired(self, now: float) -> None:
         for cache_key in [k for k, (_, expiry) in self._keys.items() if expiry <= now]:
             del self._keys[cache_key]
