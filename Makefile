@@ -25,7 +25,8 @@ $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
 	touch $@
 
-# SoftHSM2, swtpm and tpm2-tools (Debian packages, needs root or sudo) for the HSM and attestation tests.
+# SoftHSM2, swtpm, tpm2-tools and Redis (Debian packages, needs root or sudo) for the HSM, attestation and
+# broker replica tests.
 system-packages:
 	bash scripts/setup.sh system
 

@@ -2,8 +2,9 @@
 # Creates the virtual environment and installs ppml with everything its job and tests need, and the
 # Azurite storage emulator (npm) that the Azure storage tests run against.
 #   bash scripts/setup.sh           the virtual environment and Azurite
-#   bash scripts/setup.sh system    the Debian packages the HSM and attestation tests run against (SoftHSM2,
-#                                   swtpm, tpm2-tools; skipped when their commands are there; `make test`)
+#   bash scripts/setup.sh system    the Debian packages the HSM, attestation and broker tests run against
+#                                   (SoftHSM2, swtpm, tpm2-tools, Redis; skipped when their commands are there;
+#                                   `make test`)
 #   bash scripts/setup.sh azurite   only Azurite (skipped when the pinned version is already there)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -28,7 +29,7 @@ install_azurite() {
 }
 
 # command each test needs -> Debian package providing it
-SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools"
+SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools redis-server:redis-server"
 
 install_system_packages() {
     local entry missing=()

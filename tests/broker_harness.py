@@ -161,3 +161,23 @@ class BrokerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def recompute_chain(lines: list[str], keep, sign=None) -> list[str]:
+    """The attack: keep some entries, renumber and re-chain them, recompute every hash (and, with ``sign``,
+    sign with a key of the attacker's; without, keep the old signatures)."""
+    import hashlib
+
+    from ppml.broker.audit import GENESIS, canonical
+
+    kept = [json.loads(line) for line in lines if keep(json.loads(line))]
+    prev, out = GENESIS, []
+    for seq, entry in enumerate(kept):
+        entry.update(seq=seq, prev=prev)
+        body = {k: v for k, v in entry.items() if k not in ("hash", "sig")}
+        entry["hash"] = hashlib.sha256(canonical(body)).hexdigest()
+        if sign is not None:
+            entry["sig"] = sign.sign(entry["hash"])
+        prev = entry["hash"]
+        out.append(canonical(entry).decode())
+    return out

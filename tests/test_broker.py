@@ -492,3 +492,40 @@ def test_every_rule_broker_init_writes_or_suggests_pins_a_workload(tmp_path):
     sgx = tmp_path / "sgx-signer.yaml"
     sgx.write_text(yaml.safe_dump({**document, "allow": [{"type": "sgx", "mrsigner": "ab" * 32, "isv_prod_id": 1}]}))
     load_policy(sgx)
+
+
+def test_the_audit_log_is_signed_published_and_a_rewrite_is_refused(tmp_path, capsys):
+    """Every entry is signed with the audit key the KMS holds, each start entry records the previous head,
+    heads go to the sink; deleting the allow entries and recomputing the chain fails `audit verify --key`
+    and stops a restarted broker."""
+    from broker_harness import recompute_chain
+
+    from ppml.broker.audit_key import public_key_path
+    from ppml.cli.main import main
+
+    heads = tmp_path / "heads.jsonl"
+    process = BrokerProcess(tmp_path / "b", policies=POLICIES,
+                            extra={"audit_heads": {"sink": f"file:{heads}", "interval": "1s"}, "replica": "r0"})
+    key, wrapped = process.keystore.generate_data_key("tpch")
+    for _ in range(2):  # two runs: the second start entry records the first run's head
+        with process:
+            assert _client(process).unwrap(wrapped) == key
+            clear_releases()
+    entries = process.audit_entries()
+    starts = [e for e in entries if e["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["previous_head"] is None and starts[0]["key_id"] == starts[1]["key_id"]
+    assert starts[1]["previous_head"] == {"seq": starts[1]["seq"] - 1, "hash": starts[1]["prev"]}
+    assert all("sig" in e for e in entries) and [json.loads(x)["replica"] for x in heads.read_text().splitlines()]
+    pub = str(public_key_path(process.audit_key))
+    verify = ["broker", "audit", "verify", str(process.audit_log), "--key", pub, "--heads", f"file:{heads}"]
+    capsys.readouterr()
+    assert main(verify) == 0
+    assert "every entry signed by audit key" in capsys.readouterr().err
+    original = process.audit_log.read_text()
+    process.audit_log.write_text("\n".join(recompute_chain(original.splitlines(), lambda e: e.get("decision") != "allow"))
+                                 + "\n")
+    assert main(verify) == 4
+    assert main(["broker", "audit", "verify", str(process.audit_log)]) == 0  # without the key, the chain looks fine
+    with pytest.raises(RuntimeError, match="signature does not verify"):
+        process.start()
+    process.audit_log.write_text(original)

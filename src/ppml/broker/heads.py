@@ -141,7 +141,7 @@ class AzureBlobHeadSink(HeadSink):
 
         blob = await self._blob_client()
         try:
-            await blob.create_append_blob(etag="*", match_condition=MatchConditions.IfMissing)
+            await blob.create_append_blob(match_condition=MatchConditions.IfMissing)
         except ResourceExistsError:
             pass  # appended to, never replaced
         await blob.append_block(line)
