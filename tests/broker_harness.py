@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import keystores
+import pytest
 import yaml
 from keyvault_server import Pki, make_pki
 
@@ -32,6 +33,22 @@ from ppml.keys.settings import KeySettings
 PASSPHRASE = "broker test passphrase"
 SIMULATED_POLICY = {"name": "dev", "keys": ["local:tpch*"], "release_lifetime": "10m",
                     "allow": [{"type": "simulated", "claims": {"app": "tpch"}}]}
+
+
+@pytest.fixture(autouse=True)
+def quiet_simulation():
+    """Simulated evidence warns on purpose (ignored here), and no key a client released before is cached.
+
+    Autouse in every test module that imports it."""
+    import warnings
+
+    from ppml.errors import PpmlInsecureWarning
+    from ppml.keys.broker_client import clear_releases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PpmlInsecureWarning)
+        clear_releases()
+        yield
 
 
 def free_port() -> int:

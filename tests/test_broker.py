@@ -10,15 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import time
-import warnings
 
 import httpx
 import pytest
-from broker_harness import BrokerProcess
+from broker_harness import BrokerProcess, quiet_simulation  # noqa: F401 - autouse
 
 from ppml.attest.evidence import binding_digest
 from ppml.crypto.envelope import WrappedKey
-from ppml.errors import ConfigError, KeyAccessError, PpmlInsecureWarning
+from ppml.errors import ConfigError, KeyAccessError
 from ppml.keys.broker_client import BrokerKms, clear_releases, release_counters
 from ppml.keys.broker_protocol import EphemeralKey, release_info
 from ppml.keys.keyring import KeyRing
@@ -31,14 +30,6 @@ POLICIES = [
      "allow": [{"type": "simulated", "claims": {"mrenclave": MRENCLAVE}}]},
 ]
 APP_CLAIMS = {"app": "tpch"}
-
-
-@pytest.fixture(autouse=True)
-def _quiet_simulation():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PpmlInsecureWarning)
-        clear_releases()
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -522,8 +513,8 @@ def test_the_audit_log_is_signed_published_and_a_rewrite_is_refused(tmp_path, ca
     assert main(verify) == 0
     assert "every entry signed by audit key" in capsys.readouterr().err
     original = process.audit_log.read_text()
-    process.audit_log.write_text("\n".join(recompute_chain(original.splitlines(), lambda e: e.get("decision") != "allow"))
-                                 + "\n")
+    rewritten = recompute_chain(original.splitlines(), lambda e: e.get("decision") != "allow")
+    process.audit_log.write_text("\n".join(rewritten) + "\n")
     assert main(verify) == 4
     assert main(["broker", "audit", "verify", str(process.audit_log)]) == 0  # without the key, the chain looks fine
     with pytest.raises(RuntimeError, match="signature does not verify"):

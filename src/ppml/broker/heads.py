@@ -212,9 +212,10 @@ def check_heads(report: AuditReport, records: Sequence[Mapping[str, Any]], keys:
         seq, digest = record.get("seq"), record.get("hash")
         if report.positions.get(seq) != digest:
             state = "is shorter" if isinstance(seq, int) and seq >= report.entries else "differs there"
-            raise IntegrityError(f"{where}: the head published at {record.get('time')} (line {seq}, {str(digest)[:16]}…)"
-                                 f" is not in the log, which {state}: lines were cut off or rewritten after it "
-                                 "was published", hint="compare with a backup; the published heads are authentic")
+            raise IntegrityError(f"{where}: the head published at {record.get('time')} (line {seq}, "
+                                 f"{str(digest)[:16]}…) is not in the log, which {state}: lines were cut off or "
+                                 "rewritten after it was published",
+                                 hint="compare with a backup; the published heads are authentic")
         checked += 1
     return checked
 

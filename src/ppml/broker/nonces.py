@@ -31,9 +31,10 @@ __all__ = ["NONCE_SIZE", "NonceIssuer", "UsedNonces", "MemoryUsedNonces", "Redis
 NONCE_SIZE = 32
 _CLOCK_SKEW = 2  # seconds a nonce may appear to come from the future (clock adjustments between replicas)
 _MIN_SECRET_CHARACTERS = 32
-# What one remembered nonce costs in MemoryUsedNonces (a 64-bit int in a set: the int, the set slot, the
-# set's spare room), measured on CPython 3.11 with tracemalloc and rounded up; the budget divides by it.
-BYTES_PER_USED_NONCE = 96
+# What one remembered nonce costs in MemoryUsedNonces (a 64-bit int in a set: the int, the set slot, the set's
+# spare room), measured on CPython 3.11 with tracemalloc at the rates that can fill a budget (thousands per
+# second: 69 to 141 bytes) and rounded up; the budget divides by it.
+BYTES_PER_USED_NONCE = 160
 
 
 class NonceStoreError(Exception):

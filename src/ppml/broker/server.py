@@ -56,7 +56,6 @@ _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _BUSY = json.dumps({"error": {"code": "busy", "message": "too many connections from this address"}}).encode()
 _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
                   b"connection: close\r\ncontent-length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 def _protocol_class(config: BrokerConfig):
@@ -68,20 +67,26 @@ def _protocol_class(config: BrokerConfig):
 
     class Protocol(HttpToolsProtocol):
         _group: str | None = None
+        _refused = False
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:  # after the TLS handshake
-            super().connection_made(transport)
-            group = client_group(self.client[0]) if self.client else "unknown"
+            address = transport.get_extra_info("peername")
+            group = client_group(address[0]) if address else "unknown"
             if per_address.get(group, 0) >= limits.max_connections_per_address:
+                # Refused before uvicorn counts it, so connections over the cap never take a concurrency slot.
+                self._refused = True
                 transport.write(_BUSY_RESPONSE)
                 transport.close()
                 return
+            super().connection_made(transport)
             per_address[group] = per_address.get(group, 0) + 1
             self._group = group
             self._arm(limits.header_timeout)  # silence before the first request counts as slow headers
 
         def connection_lost(self, exc) -> None:
+            if self._refused:
+                return
             self._disarm()
             if self._group is not None:
                 left = per_address[self._group] - 1
@@ -106,20 +111,21 @@ def _protocol_class(config: BrokerConfig):
 
         def _arm(self, seconds: float) -> None:
             self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._too_slow)
+            self._deadline = self.loop.call_later(seconds, self._cut_off)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _too_slow(self) -> None:
+        def _cut_off(self) -> None:
+            # Aborted, not closed: a graceful TLS close waits for a peer that may never answer, and uvicorn
+            # counts the connection until it is gone. A request still reading its body sees a disconnect.
             self._deadline = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is None or self.cycle.response_complete:  # no request is being answered
-                self.transport.write(_TIMEOUT_RESPONSE)
-            self.transport.close()  # a request still reading its body sees a disconnect
+            self.transport.abort()
+
+        def timeout_keep_alive_handler(self) -> None:
+            self.transport.abort()  # idle after its last response: the same reason as _cut_off
 
     return Protocol
 
