@@ -156,6 +156,10 @@ class BrokerProcess:
     def audit_entries(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
+    def config_kms(self) -> list[dict[str, Any]]:
+        """This broker's ``kms`` entries (to give another broker the same key store)."""
+        return yaml.safe_load(self.config_path.read_text())["kms"]
+
     def verification_key(self):
         """The audit verification key (the ``.pub`` beside the audit key)."""
         return load_verification_key(public_key_path(self.audit_key))

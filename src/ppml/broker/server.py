@@ -256,11 +256,12 @@ async def _open_ledger(config: BrokerConfig, backends: dict[str, KeyManagementSe
                              else None)
 
 
-def _service(config: BrokerConfig, backends, secret: bytes, ledger) -> BrokerService:
+def _service(config: BrokerConfig, backends, secret: bytes, ledger, worker: int | None = None) -> BrokerService:
     verifiers = {t: open_verifier(t, **s) for t, s in config.verifiers.items()}
     withheld = frozenset(w.wrapped for w in DataKeyFile.load(config.audit_key).envelope)
     return BrokerService(config, backends=backends, verifiers=verifiers,
-                         issuer=NonceIssuer(config.limits.nonce_lifetime, secret), ledger=ledger, withheld=withheld)
+                         issuer=NonceIssuer(config.limits.nonce_lifetime, secret), ledger=ledger, withheld=withheld,
+                         worker=worker)
 
 
 def serve(config: BrokerConfig) -> str:
@@ -301,7 +302,7 @@ async def _supervise(config: BrokerConfig, listener: socket.socket, secret: byte
         for index in range(config.workers):
             ours, theirs = socket.socketpair()
             process = context.Process(target=_worker_main, name=f"ppml-broker-worker-{index}",
-                                      args=(config.source, listener, theirs, secret))
+                                      args=(config.source, index, listener, theirs, secret))
             process.start()
             theirs.close()
             workers.append(process)
@@ -347,20 +348,21 @@ async def _wait_for_workers(workers: list) -> None:
             loop.remove_signal_handler(sig)
 
 
-def _worker_main(config_path: str, listener: socket.socket, ledger_socket: socket.socket, secret: bytes) -> None:
+def _worker_main(config_path: str, index: int, listener: socket.socket, ledger_socket: socket.socket,
+                 secret: bytes) -> None:
     """A worker process: serve on the shared socket until SIGTERM, through the supervisor's ledger."""
     logging.basicConfig(level=os.environ.get("PPML_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="ppml: %(levelname)s: %(message)s")
     logging.getLogger("ppml").setLevel(min(logging.getLogger("ppml").getEffectiveLevel(), logging.INFO))
     config = load_config(config_path)
-    _run(_serve_worker(config, listener, ledger_socket, secret))
+    _run(_serve_worker(config, index, listener, ledger_socket, secret))
 
 
-async def _serve_worker(config: BrokerConfig, listener: socket.socket, ledger_socket: socket.socket,
+async def _serve_worker(config: BrokerConfig, index: int, listener: socket.socket, ledger_socket: socket.socket,
                         secret: bytes) -> None:
     reader, writer = await asyncio.open_connection(sock=ledger_socket)
     ledger = RemoteLedger(reader, writer)
-    service = _service(config, _open_backends(config), secret, ledger)
+    service = _service(config, _open_backends(config), secret, ledger, worker=index)
     try:
         await _uvicorn(config, create_app(service, workers=config.workers)).serve(sockets=[listener])
         await service.counters()

@@ -111,11 +111,14 @@ class BrokerService:
         Records used nonces and audit entries (in this process or the supervising one).
     withheld
         Wrapped keys never released whatever the policies say: the broker's own audit key.
+    worker
+        This process's index among the replica's workers, recorded in its entries; ``None`` for a replica of
+        one process.
     """
 
     def __init__(self, config: BrokerConfig, *, backends: Mapping[str, KeyManagementService],
                  verifiers: Mapping[str, EvidenceVerifier], issuer: NonceIssuer, ledger: LedgerHandle,
-                 withheld: frozenset[bytes] = frozenset()) -> None:
+                 withheld: frozenset[bytes] = frozenset(), worker: int | None = None) -> None:
         self.config = config
         self.policies: tuple[Policy, ...] = config.policies
         self.verifiers = dict(verifiers)
@@ -123,6 +126,7 @@ class BrokerService:
         self.nonces = issuer
         self.ledger = ledger
         self.withheld = withheld
+        self._served_by = {} if worker is None else {"worker": worker}
         self.keys = ExpiringKeys()
         self._counts: Counter[str] = Counter()  # this worker's, not yet added to the replica's
 
@@ -144,12 +148,11 @@ class BrokerService:
         that is not genuine): one bounded entry, within the client's budget."""
         await self.ledger.refuse(self._whole(caller, refusal, evidence, keys), client_group(caller["address"]))
 
-    @staticmethod
-    def _whole(caller: Mapping[str, Any], refusal: Refusal, evidence: dict[str, Any] | None,
+    def _whole(self, caller: Mapping[str, Any], refusal: Refusal, evidence: dict[str, Any] | None,
                keys: list[str] | None) -> dict[str, Any]:
         return {"event": "release", "decision": "deny", "caller": dict(caller), "evidence": evidence,
                 "policy": None, **(_bounded(keys) if keys else {}), "reason": refusal.reason[:_MAX_REASON],
-                "code": refusal.code}
+                "code": refusal.code, **self._served_by}
 
     async def release(self, body: object, caller: Mapping[str, Any]) -> dict[str, Any]:
         """Handle one release request; returns the response body or raises :class:`Refusal` (audited)."""
@@ -250,7 +253,7 @@ class BrokerService:
     async def _answer(self, wrapped: WrappedKey, reference: str, verified: VerifiedEvidence, record: dict[str, Any],
                       nonce: bytes, public_key: bytes, caller: Mapping[str, Any]) -> tuple[dict, dict]:
         entry = {"event": "release", "caller": dict(caller), "evidence": record, "key": reference[:_MAX_REFERENCE],
-                 "version": wrapped.version[:_MAX_REFERENCE]}
+                 "version": wrapped.version[:_MAX_REFERENCE], **self._served_by}
         answer = {"key": reference, "version": wrapped.version}
         if wrapped.wrapped in self.withheld:
             reason = f"{reference} wraps the broker's own audit key, which is never released"
