@@ -256,3 +256,55 @@ def test_azure_sgx_quote_parses_and_binds_its_enclave_held_data_but_has_no_colla
     assert report.report_data[:32] == hashlib.sha256(bytes.fromhex(info["EnclaveHeldDataHex"])).digest()
     with pytest.raises(AttestationError, match="another platform"):
         verify("sgx", quote, "sgx_quote_collateral.json")
+
+
+# -- quotes of the test platform, and reusing a full verification --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    from sgx_platform import SgxPlatform
+
+    made = SgxPlatform.from_sample(vector("sgx_quote"), vector("sgx_quote_collateral.json"))
+    root = tmp_path_factory.mktemp("sgx-root") / "root.der"
+    root.write_bytes(made.root_der)
+    return made, root
+
+
+def test_quotes_of_the_test_platform_verify_against_its_root_only(platform, caplog):
+    made, root = platform
+    binding = hashlib.sha256(b"request").digest()
+    verified = SgxVerifier(root_ca=root).verify(Evidence.from_json(made.evidence(binding)),
+                                                at=datetime.now(timezone.utc))
+    assert verified.report_data == binding + bytes(32) and verified.claims["tcb_status"] == \
+        "ConfigurationAndSWHardeningNeeded"
+    assert verified.claims["mrenclave"] == quote_bytes("sgx_quote")[SGX_MRENCLAVE:SGX_MRENCLAVE + 32].hex()
+    assert "instead of Intel's: for test platforms only" in caplog.text
+    with pytest.raises(AttestationError, match="certificate chain|root"):
+        SgxVerifier().verify(Evidence.from_json(made.evidence(binding)), at=datetime.now(timezone.utc))
+
+
+def test_a_full_verification_vouches_for_later_quotes_that_differ_only_in_report_data(platform, monkeypatch):
+    import dcap_qvl
+
+    made, root = platform
+    calls = []
+    full = dcap_qvl.verify_with_root_ca
+    monkeypatch.setattr(dcap_qvl, "verify_with_root_ca", lambda *a: calls.append(1) or full(*a))
+    now = datetime.now(timezone.utc)
+    verifier = SgxVerifier(root_ca=root)
+    for index in range(5):
+        binding = hashlib.sha256(bytes([index])).digest()
+        assert verifier.verify(Evidence.from_json(made.evidence(binding)), at=now).report_data[:32] == binding
+    assert len(calls) == 1
+    # Another report data under the old signature: the reused key refuses it, and the full check says why.
+    quote = bytearray(made.quote(b"\x01" * 32))
+    quote[SGX_REPORT_DATA] ^= 0xFF
+    tampered = {**made.evidence(b""), "quote": base64.b64encode(bytes(quote)).decode()}
+    with pytest.raises(AttestationError, match="quote signature"):
+        verifier.verify(Evidence.from_json(tampered), at=now)
+    assert len(calls) == 2
+    every = SgxVerifier(root_ca=root, cache=0)
+    for index in range(3):
+        every.verify(Evidence.from_json(made.evidence(bytes([index]) * 32)), at=now)
+    assert len(calls) == 5

@@ -308,6 +308,28 @@ def dcap_now_broker(tmp_path_factory):
 
 
 @requires_attestation_data
+def test_an_sgx_quote_bound_to_the_request_releases_the_key(tmp_path):
+    """A quote of the test platform (tests/sgx_platform.py, trusted through the verifier's root_ca) carrying
+    the request's binding: verified in full once, then by its signature, and the key is released each time."""
+    from sgx_platform import SgxPlatform
+
+    platform = SgxPlatform.from_sample(vector("sgx_quote"), vector("sgx_quote_collateral.json"))
+    (tmp_path / "root.der").write_bytes(platform.root_der)
+    process = BrokerProcess(tmp_path / "b", policies=[_sgx_policy()],
+                            verifiers={"sgx": {"root_ca": str(tmp_path / "root.der")}})
+    with process:
+        for _ in range(3):
+            key, wrapped = process.keystore.generate_data_key("tpch")
+            response, nonce, ephemeral = _release(process, wrapped, lambda n, k: platform.evidence(binding_digest(n, k)))
+            assert response.status_code == 200, response.text
+            sealed = base64.b64decode(response.json()["keys"][0]["sealed"])
+            assert ephemeral.open(sealed, release_info(nonce, wrapped), reference="t") == key
+            entry = _last(process)
+            assert entry["decision"] == "allow" and entry["evidence"]["identity"].startswith("sgx mrenclave=33d8736d")
+    assert "instead of Intel's: for test platforms only" in process.stderr
+
+
+@requires_attestation_data
 def test_genuine_sgx_quote_verifies_but_is_refused_as_not_bound(dcap_broker):
     key, wrapped = dcap_broker.keystore.generate_data_key("tpch")
     response, _, _ = _release(dcap_broker, wrapped, lambda nonce, public_key: _quote_evidence("sgx"))

@@ -30,6 +30,7 @@ then matches the platform's TCB level. The resulting TCB status (``UpToDate``, `
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from collections.abc import Mapping
@@ -38,12 +39,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dcap_qvl
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from ppml.attest.dcap_cache import VerifiedQuotes, quote_layout
 from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, b64decode_field
+from ppml.attest.policy import parse_duration
 from ppml.errors import AttestationError, ConfigError
 
 __all__ = ["SgxVerifier", "TdxVerifier", "TEE_SGX", "TEE_TDX"]
 
+log = logging.getLogger("ppml.attest")
 TEE_SGX = 0x00
 TEE_TDX = 0x81
 _HEADER = struct.Struct("<HHIHH")
@@ -109,6 +115,18 @@ def _first_line(exc: BaseException) -> str:
     return _UNIX_TIME.sub(lambda m: _iso(datetime.fromtimestamp(int(m[1]), timezone.utc)), text)
 
 
+def _root(path: str | Path) -> bytes:
+    """A root CA certificate file (PEM or DER), as DER."""
+    try:
+        data = Path(path).read_bytes()
+        certificate = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else \
+            x509.load_der_x509_certificate(data)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the root_ca certificate {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
 class _DcapVerifier(EvidenceVerifier):
     """Shared by :class:`SgxVerifier` and :class:`TdxVerifier`; see the module docstring.
 
@@ -116,17 +134,41 @@ class _DcapVerifier(EvidenceVerifier):
     ----------
     collateral
         Collateral to use when the evidence carries none: a path to a JSON file, or the JSON object.
+    cache
+        Seconds a full verification vouches for later quotes of the same enclave on the same platform
+        (:mod:`ppml.attest.dcap_cache`); a duration (``60``, ``"1m"``), ``0`` to verify every quote in full.
+    root_ca
+        A root certificate (PEM or DER file) to trust instead of Intel's: only for test platforms, and logged
+        as a warning.
     """
 
     _tee_type: ClassVar[int]
 
-    def __init__(self, collateral: str | Path | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, collateral: str | Path | Mapping[str, Any] | None = None, cache: int | str = 60,
+                 root_ca: str | Path | None = None) -> None:
         self._collateral = (None if collateral is None
                             else _load_collateral(collateral, what="the collateral setting", files=True))
+        seconds = parse_duration(cache, what=f"the {self.type} verifier's cache")
+        self._verified = VerifiedQuotes(seconds) if seconds > 0 else None
+        self._root = None if root_ca is None else _root(root_ca)
+        if self._root is not None:
+            log.warning("%s quotes are verified against the root CA %s instead of Intel's: for test platforms only",
+                        self.type, root_ca)
 
     def _verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
         quote = b64decode_field(evidence.payload, "quote", evidence_type=self.type)
         version = self._check_header(quote)
+        layout = quote_layout(quote) if self._verified is not None else None
+        claims = self._verified.claims(quote, layout) if layout is not None else None
+        if claims is None:
+            claims = self._verify_fully(evidence, quote, version, at)
+            if layout is not None:
+                self._verified.remember(quote, layout, claims)
+        warnings = (f"{self.type} debug mode: the host can read the TEE's memory",) if claims["debug"] else ()
+        return VerifiedEvidence(self.type, claims, bytes.fromhex(claims["report_data"]), self._identity(claims),
+                                warnings=warnings)
+
+    def _verify_fully(self, evidence: Evidence, quote: bytes, version: int, at: datetime) -> dict[str, Any]:
         if self._collateral is not None:
             # The operator's collateral wins: a caller could otherwise pick older Intel-signed TCB info or
             # CRLs, still inside their validity, that predate a revocation or a TCB recovery.
@@ -138,7 +180,10 @@ class _DcapVerifier(EvidenceVerifier):
             raise AttestationError(f"{self.type} evidence carries no collateral and the verifier has none: "
                                    "add 'collateral' to the evidence or configure the verifier's collateral")
         try:
-            report = dcap_qvl.verify(quote, collateral, int(at.timestamp()))
+            if self._root is None:
+                report = dcap_qvl.verify(quote, collateral, int(at.timestamp()))
+            else:
+                report = dcap_qvl.verify_with_root_ca(quote, collateral, self._root, int(at.timestamp()))
         except ValueError as exc:
             raise self._failure(exc, quote, at) from None
         # The measurements come from the report dcap-qvl verified, never from a separately parsed copy.
@@ -146,9 +191,7 @@ class _DcapVerifier(EvidenceVerifier):
         body = verified.get("report", {})
         claims = self._claims(body)
         claims.update(tcb_status=report.status, advisory_ids=list(report.advisory_ids), quote_version=version)
-        warnings = (f"{self.type} debug mode: the host can read the TEE's memory",) if claims["debug"] else ()
-        return VerifiedEvidence(self.type, claims, bytes.fromhex(claims["report_data"]), self._identity(claims),
-                                warnings=warnings)
+        return claims
 
     def _check_header(self, quote: bytes) -> int:
         if len(quote) < _HEADER_SIZE:

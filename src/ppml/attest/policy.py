@@ -165,10 +165,11 @@ class Rule:
         claims, req, found = evidence.claims, self.requirements, []
         debug = claims.get("debug")
         if not req.get("allow_debug", False) and (debug is True or (debug is not False and self.type in _DEBUG_TYPES)):
+            tee = "enclave" if evidence.type == "sgx" else "TEE"
             public = (f"{evidence.type} evidence comes from a debug TEE" if debug is True else
                       f"{evidence.type} evidence does not say whether the TEE is debuggable")
-            found.append((f"{evidence.type} evidence comes from a debug {'enclave' if evidence.type == 'sgx' else 'TEE'}, "
-                          "whose memory its host can read (allow_debug is not set)" if debug is True else
+            found.append((f"{evidence.type} evidence comes from a debug {tee}, whose memory its host can read "
+                          "(allow_debug is not set)" if debug is True else
                           f"{evidence.type} evidence does not say whether the TEE is debuggable, so it is treated as "
                           "debuggable (allow_debug is not set)", public))
         for name in _HEX_FIELDS.get(self.type, ()):
@@ -176,7 +177,8 @@ class Rule:
                 self._expect(found, name, claims.get(name), req[name], fold_case=True)
         if "isv_prod_id" in req:
             self._expect(found, "isv_prod_id", claims.get("isv_prod_id"), req["isv_prod_id"])
-        if "min_isv_svn" in req and not (type(claims.get("isv_svn")) is int and claims["isv_svn"] >= req["min_isv_svn"]):
+        svn = claims.get("isv_svn")
+        if "min_isv_svn" in req and not (type(svn) is int and svn >= req["min_isv_svn"]):
             found.append((f"isv_svn {claims.get('isv_svn')} is below the minimum {req['min_isv_svn']}",
                           "isv_svn is below the policy's minimum"))
         if self.type in ("sgx", "tdx"):

@@ -46,7 +46,7 @@ _TOP = {"listen", "tls", "kms", "verifiers", "policies", "audit_log", "audit_key
         "nonces", "limits", "key_cache", "verification_time"}
 _DURATIONS = ("nonce_lifetime", "handshake_timeout", "header_timeout", "body_timeout", "idle_timeout")
 _PATH_SETTINGS = {"keystore", "jwks", "collateral", "ca_certificates", "module", "certificate", "private_key",
-                  "client_ca"}
+                  "client_ca", "root_ca"}
 _SECRET_SOURCES = {"passphrase", "pin"}
 
 
