@@ -133,13 +133,13 @@ def _complete(folder: Path, suffix: str) -> bool:
 
 def prepare(work: Path, scale: float, with_cbc: bool) -> Setup:
     """Generate the tables, keys and encrypted copies in ``work`` (everything reused when already there)."""
+    from ppml.io.encryption import Encryption
     from ppml.keys import secure_files
     from ppml.keys.bigdl import PlaintextPrimaryKeyKms
     from ppml.keys.datakey_file import DataKeyFile
     from ppml.keys.keyring import KeyRing
     from ppml.keys.local import LocalKms
     from ppml.tpch.gen import generate
-    from ppml.io.encryption import Encryption
     from ppml.tpch.runner import encrypt_tables
 
     work.mkdir(parents=True, exist_ok=True)

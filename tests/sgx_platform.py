@@ -121,6 +121,18 @@ class SgxPlatform:
         return cls(root_cert.public_bytes(serialization.Encoding.DER), collateral,
                    quote[:_HEADER + _REPORT_DATA], suffix, keys["ak"])
 
+    def dumps(self) -> dict:
+        """Everything the platform is, as a picklable dictionary (for another process): :meth:`loads`."""
+        key = self._attestation_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption())
+        return {"root_der": self.root_der, "collateral": self.collateral, "prefix": self._prefix,
+                "suffix": self._suffix, "key": key}
+
+    @classmethod
+    def loads(cls, state: dict) -> SgxPlatform:
+        key = serialization.load_pem_private_key(state["key"], None)
+        return cls(state["root_der"], state["collateral"], state["prefix"], state["suffix"], key)
+
     def quote(self, report_data: bytes) -> bytes:
         """A v3 SGX quote of the sample enclave carrying ``report_data`` (at most 64 bytes, zero-padded)."""
         signed = self._prefix + report_data.ljust(64, b"\0")

@@ -30,7 +30,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from ppml.attest import Evidence, binding_digest, open_verifier
 from ppml.attest.maa import MaaVerifier
-from ppml.errors import AttestationError, ConfigError
+from ppml.errors import AttestationError, ConfigError, PpmlInsecureWarning
 
 ISSUER = "https://ppmltest.eus.attest.azure.net"
 KID, EC_KID = "ppml-test-rsa", "ppml-test-ec"
@@ -94,7 +94,7 @@ def unsigned_token(header: dict, claims: dict, sign_with=None) -> str:
 def test_real_2021_token_verifies_with_its_weak_key_allowed():
     verifier = MaaVerifier(jwks=vector("maa-sgx-2021-jwks.json"), issuers=[MAA_2021_ISSUER], min_rsa_bits=1024)
     token = vector("maa-sgx-2021.jwt").read_text()
-    with pytest.warns(jwt.InsecureKeyLengthWarning):  # PyJWT's own warning stays loud when the floor is lowered
+    with pytest.warns(PpmlInsecureWarning, match="1024-bit RSA key"):  # loud whenever the floor is lowered
         result = verifier.verify(maa(token), at=MAA_2021_TIME)
     claims = result.claims
     assert claims["x-ms-sgx-mrenclave"] == MRENCLAVE
@@ -256,6 +256,12 @@ def test_unknown_or_missing_kid_refused(rsa_key, verifier):
         verifier.verify(maa(jwt.encode(sgx_claims(), rsa_key, algorithm="RS256")), at=NOW)
 
 
+def test_critical_header_extensions_refused(rsa_key, verifier):
+    token = jwt.encode(sgx_claims(), rsa_key, algorithm="RS256", headers={"kid": KID, "crit": ["exp"]})
+    with pytest.raises(AttestationError, match="critical header extensions"):
+        verifier.verify(maa(token), at=NOW)
+
+
 def test_tampered_payload_refused(rsa_key, verifier):
     header, payload, signature = sign(rsa_key, sgx_claims()).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
@@ -275,6 +281,9 @@ def test_signature_by_another_key_refused(verifier):
     ({}, "lacks the field 'token'"),
     ({"token": "   "}, "lacks the field 'token'"),
     ({"token": "not-a-jwt"}, "not a JWT"),
+    ({"token": "e30.e30.!!!!"}, "not a JWT \\(its signature is not base64url"),
+    ({"token": "W10.e30.AAAA"}, "not a JWT \\(its header is not a JSON object"),
+    ({"token": "a.b.c.d"}, "not a JWT \\(it does not have three"),
 ])
 def test_malformed_evidence_refused(verifier, payload, message):
     with pytest.raises(AttestationError, match=message):

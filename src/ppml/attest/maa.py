@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,8 +30,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from ppml.attest import jws
 from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
-from ppml.errors import AttestationError, ConfigError
+from ppml.errors import AttestationError, ConfigError, PpmlInsecureWarning
 
 __all__ = ["MaaVerifier", "ALGORITHMS"]
 
@@ -147,18 +149,21 @@ class MaaVerifier(EvidenceVerifier):
         if not isinstance(token, str) or not token.strip():
             raise AttestationError("maa evidence lacks the field 'token' (the JWT MAA returned)")
         token = token.strip()
-        key, alg, kid = self._signing_key(token)
         try:
-            # Times are checked below against `at`, not the wall clock, so stored evidence can be re-verified.
-            claims = jwt.decode(token, key, algorithms=[alg], options={
-                "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
-                "verify_iss": False, "verify_sub": False, "verify_jti": False})
-        except jwt.InvalidSignatureError:
+            header, payload, signing_input, signature = jws.split(token)
+        except jws.JwsError as exc:
+            raise AttestationError(f"the MAA evidence token is not a JWT ({exc}): send the token MAA returned") \
+                from None
+        key, alg, kid = self._signing_key(header)
+        if not jws.signature_valid(key, alg, signing_input, signature):
             raise AttestationError(f"the MAA token's signature does not verify with key kid={kid!r}: "
-                                   "the token was altered or not signed by this issuer; refuse it") from None
-        except jwt.PyJWTError as exc:
+                                   "the token was altered or not signed by this issuer; refuse it")
+        try:
+            claims = jws.payload_object(payload)
+        except jws.JwsError as exc:
             raise AttestationError(f"the MAA token cannot be decoded ({exc}): send the token exactly as "
                                    "MAA returned it") from None
+        # Times are checked against `at`, not the wall clock, so stored evidence can be re-verified.
         self._check_times(claims, at.timestamp())
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer.rstrip("/") not in self._issuers:
@@ -166,12 +171,10 @@ class MaaVerifier(EvidenceVerifier):
                                    f"({', '.join(sorted(self._issuers))}): add it to issuers only if you trust it")
         return self._verified(claims, issuer)
 
-    def _signing_key(self, token: str) -> tuple[_PublicKey, str, str]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise AttestationError(f"the MAA evidence token is not a JWT ({exc}): "
-                                   "send the token MAA returned") from None
+    def _signing_key(self, header: Mapping[str, Any]) -> tuple[_PublicKey, str, str]:
+        if "crit" in header:  # extensions a verifier must understand; MAA uses none
+            raise AttestationError(f"the MAA token names critical header extensions {header['crit']!r} that this "
+                                   "verifier does not implement: refuse it")
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise AttestationError("the MAA token is unsigned (alg none): refuse it; MAA always signs its tokens")
@@ -192,6 +195,10 @@ class MaaVerifier(EvidenceVerifier):
                 raise AttestationError(f"the MAA token is signed with a {key.key_size}-bit RSA key (kid={kid!r}), "
                                        f"below min_rsa_bits={self._min_rsa_bits}: refuse it, or lower min_rsa_bits "
                                        "(--min-rsa-bits) only to re-check old recorded tokens")
+            if key.key_size < 2048:  # accepted because min_rsa_bits was lowered: say so every time
+                warnings.warn(f"the MAA token is signed with a {key.key_size}-bit RSA key (kid={kid!r}), which can "
+                              "be forged; accepted only because min_rsa_bits is lowered", PpmlInsecureWarning,
+                              stacklevel=2)
         elif _EC_ALGORITHMS.get(alg) != key.curve.name:
             raise AttestationError(f"the MAA token says {alg} but key kid={kid!r} is EC {key.curve.name}: refuse it")
         return key, alg, kid

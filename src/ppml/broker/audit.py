@@ -2,20 +2,24 @@
 
 Each line is one JSON object in canonical form (sorted keys, no spaces) with ``seq`` (0, 1, 2, ...),
 ``time``, ``event`` and the event's fields, ``prev`` (the ``hash`` of the line before, 64 zeros for the
-first), ``hash`` (SHA-256 of the canonical JSON without ``hash`` and ``sig``) and ``sig``: the Ed25519
-signature, by the audit key (:mod:`ppml.broker.audit_key`), of ``"ppml-audit/2" 0x00 || hash``.
+first) and ``hash`` (SHA-256 of the canonical JSON without ``hash`` and ``sig``). The last line of each
+write (the broker writes entries in groups, :mod:`ppml.broker.ledger`) also carries ``sig``: the Ed25519
+signature, by the audit key (:mod:`ppml.broker.audit_key`), of ``"ppml-audit/2" 0x00 || hash``. Since each
+hash covers the one before, that signature vouches for its line and every line before it.
 
 Editing a line breaks its hash; dropping, inserting or reordering lines breaks the ``seq``/``prev`` chain;
 and since only the holder of the audit key can sign, a log rewritten and re-chained (entries deleted, the
-hashes recomputed) no longer verifies with the published verification key. Each ``start`` entry names the
+hashes recomputed) no longer verifies with the published verification key: every line after the first
+``start`` entry that names a key must be followed, or be, a signed line. Each ``start`` entry names the
 log (``log_id``, random, for the life of the log), the audit key (``key_id``) and the head the broker found
 (``previous_head``), and a broker refuses to extend a log that does not verify with its key. Cutting lines
 off the end leaves a valid shorter log: heads published to an append-only sink (:mod:`ppml.broker.heads`)
 show what was cut.
 
 Logs written before audit keys carry no ``sig``. They verify as a chain alone; once a broker with an audit
-key extends one, its signed ``start`` entry records the chain's head, and every line after it is signed. A
-verifier given the key accepts unsigned lines only before the first signed one, and says how many there are.
+key extends one, its ``start`` entry (signed with its group) records the chain's head, and every line after
+it is covered by a signature. A verifier given the key accepts unsigned lines only before the first
+``start`` entry that names a key, and says how many there are.
 """
 
 from __future__ import annotations
@@ -133,8 +137,9 @@ def verify_audit_log(path: str | Path, *, keys: Sequence[Ed25519PublicKey] = (),
                      collect: Collection[int] = ()) -> AuditReport:
     """Check every line's hash, the chain and, given verification ``keys``, every signature.
 
-    With ``keys``, every line from the first signed one on must be signed by one of them (the key a ``start``
-    entry names signs the lines up to the next ``start``), and a log with no signed line is refused. Raises
+    With ``keys``, every line from the first ``start`` entry naming a key on must be signed, or followed by
+    a signed line, by one of them (the key a ``start`` entry names signs up to the next ``start``), and a
+    log with no signed line is refused. Raises
     :class:`~ppml.errors.IntegrityError` at the first line that fails. The report keeps ``{seq: hash}`` of
     the lines numbered in ``collect`` (for checking published heads).
     """
@@ -142,7 +147,7 @@ def verify_audit_log(path: str | Path, *, keys: Sequence[Ed25519PublicKey] = (),
     if not path.is_file():
         raise NotFoundError(f"audit log {path} does not exist")
     by_id = {key_id_of(k): k for k in keys}
-    prev, count, allowed, denied, signed, unsigned = GENESIS, 0, 0, 0, 0, 0
+    prev, count, allowed, denied, signed, unsigned, pending = GENESIS, 0, 0, 0, 0, 0, 0
     log_id, signer_id, seen_ids = None, None, []
     positions: dict[int, str] = {}
     for number, entry in _lines(path):
@@ -167,10 +172,9 @@ def verify_audit_log(path: str | Path, *, keys: Sequence[Ed25519PublicKey] = (),
                     "written or rewritten by someone without the broker's audit key)" if signer_id in by_id else
                     f"{where}: signed by audit key {signer_id}, which is not among the keys given",
                     path=str(path), hint="give every verification key the log's start entries name (--key)")
-            signed += 1
-        elif signed:
-            raise IntegrityError(f"{where}: not signed, after signed lines (written by someone without the "
-                                 "broker's audit key)", path=str(path))
+            signed, pending = signed + pending + 1, 0
+        elif signer_id is not None:
+            pending += 1  # a line of a group: the group's last line signs it
         else:
             unsigned += 1
         prev, count = entry["hash"], count + 1
@@ -181,6 +185,11 @@ def verify_audit_log(path: str | Path, *, keys: Sequence[Ed25519PublicKey] = (),
     if keys and not signed:
         raise IntegrityError(f"audit log {path}: no line is signed, so it cannot be checked against the key "
                              "(a log from before audit keys, or one rewritten without signatures)", path=str(path))
+    if keys and pending:
+        raise IntegrityError(f"audit log {path}: its last {pending} line(s) are not covered by a signature (written "
+                             "by someone without the audit key, or the broker stopped while writing them)",
+                             path=str(path), hint="a broker answers a request only after its entries are written "
+                                                  "whole; keep a copy, then remove those lines to continue the log")
     if expect_head is not None and not hmac.compare_digest(prev, expect_head.lower()):
         raise IntegrityError(f"audit log {path}: ends at {prev[:16]}…, not at the expected head {expect_head[:16]}… "
                              "(lines were cut off the end, or it is another log)", path=str(path))
@@ -192,8 +201,9 @@ class AuditLog:
     """Appends chained, signed entries to a JSON-lines file (created 0600).
 
     Opening an existing log locks it (one writer) and checks it whole, signatures included: a broker never
-    extends a log it cannot vouch for. :meth:`seal` makes the next line (chained and signed, in memory);
-    :meth:`write` makes lines durable (``write`` + ``fsync``); :meth:`append` does both.
+    extends a log it cannot vouch for. :meth:`seal` numbers and chains the next entry (in memory),
+    :meth:`render` makes lines of sealed entries, signing the last, :meth:`write` makes them durable
+    (``write`` + ``fsync``); :meth:`append` does all three for one entry.
 
     Parameters
     ----------
@@ -252,18 +262,22 @@ class AuditLog:
     def next_seq(self) -> int:
         return self._seq
 
-    def seal(self, event: str, **fields: Any) -> tuple[dict[str, Any], bytes]:
-        """The next entry and its line: numbered, chained and signed. Callers write lines in sealing order."""
+    def seal(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The next entry, numbered and chained. Callers render and write entries in sealing order."""
         entry = {"seq": self._seq, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                  "event": event, **fields, "prev": self._head}
         entry["hash"] = _entry_hash(entry)
-        if self.signer is not None:
-            entry["sig"] = self.signer.sign(entry["hash"])
         self._seq, self._head = self._seq + 1, entry["hash"]
-        return entry, canonical(entry) + b"\n"
+        return entry
+
+    def render(self, entries: Sequence[dict[str, Any]]) -> bytes:
+        """The lines of sealed ``entries``, the last one signed (it vouches for the others through the chain)."""
+        if self.signer is not None:
+            entries[-1]["sig"] = self.signer.sign(entries[-1]["hash"])
+        return b"".join(canonical(entry) + b"\n" for entry in entries)
 
     def write(self, data: bytes, last: Mapping[str, Any]) -> None:
-        """Write sealed lines (``last`` is the last of them) and make them durable."""
+        """Write rendered lines (``last`` is the last of them) and make them durable."""
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
@@ -272,9 +286,9 @@ class AuditLog:
         self.durable = (last["seq"], last["hash"])
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Seal and write one entry; returns it as written."""
-        entry, line = self.seal(event, **fields)
-        self.write(line, entry)
+        """Seal, sign and write one entry; returns it as written."""
+        entry = self.seal(event, **fields)
+        self.write(self.render([entry]), entry)
         return entry
 
     def close(self) -> None:

@@ -5,9 +5,9 @@ nonce and its audit entries. The ledger records the nonce as used (refusing a se
 entries, and answers only when they are durable: the worker sends the sealed keys after that answer, so no
 key leaves before its audit entry is on disk.
 
-**Group commit.** Entries are chained and signed as they arrive; one ``write`` + ``fsync`` then makes
-durable every entry that arrived while the previous one ran. Throughput does not wait on the disk, and each
-request still waits for the ``fsync`` that covers its own entries.
+**Group commit.** Entries are chained as they arrive; one ``write`` + ``fsync`` then makes durable every
+entry that arrived while the previous one ran, the last of them signed. Throughput waits neither on the
+disk nor on a signature per entry, and each request still waits for the ``fsync`` that covers its entries.
 
 **Refusal budget.** A request refused as a whole (malformed, a nonce that is made up, used or expired,
 evidence that does not verify, over the rate limit) costs its sender nothing, so such entries are budgeted
@@ -88,9 +88,8 @@ class Ledger:
         self.audit, self.used, self.budget = audit, used, budget
         self.sink, self.replica, self.interval = sink, replica, interval
         self.counters: Counter[str] = Counter()
-        self._pending: list[bytes] = []
+        self._pending: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future] = []
-        self._last: Mapping[str, Any] | None = None
         self._writer: asyncio.Task | None = None
         self._broken: BaseException | None = None
         self._published: tuple[int, str] | None = None
@@ -166,9 +165,7 @@ class Ledger:
                 self.counters["released"] += 1
             elif decision == "deny" and fields.get("event") == "release" and "key" in fields:
                 self.counters["denied"] += 1
-            entry, line = self.audit.seal(**fields)
-            self._pending.append(line)
-            self._last = entry
+            self._pending.append(self.audit.seal(**fields))
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         if self._writer is None:
@@ -179,7 +176,8 @@ class Ledger:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                data, waiters, last = b"".join(self._pending), self._waiters, self._last
+                # One signature per write: the group's last entry vouches for the rest through the chain.
+                data, last, waiters = self.audit.render(self._pending), self._pending[-1], self._waiters
                 self._pending, self._waiters = [], []
                 try:
                     await loop.run_in_executor(self._disk, self.audit.write, data, last)

@@ -75,12 +75,17 @@ def release_info(nonce: bytes, wrapped: WrappedKey) -> bytes:
     return PROTOCOL.encode() + b"\0release\0" + nonce + wrapped_digest
 
 
+# Any scalar shows a low-order point (the exchange gives all zeros, which OpenSSL refuses), so one probe key
+# serves every check; its secret protects nothing.
+_PROBE = X25519PrivateKey.generate()
+
+
 def check_public_key(public_key: bytes) -> None:
     """Refuse anything but a usable X25519 public key (32 bytes, not a low-order point) with ValueError."""
     if len(public_key) != 32:
         raise ValueError("public_key must be a raw 32-byte X25519 key")
     try:
-        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public_key))
     except ValueError:
         raise ValueError("public_key is not a usable X25519 key (a low-order point)") from None
 
