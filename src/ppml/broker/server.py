@@ -58,6 +58,37 @@ _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicatio
                   b"connection: close\r\ncontent-length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
 
 
+class _CoalescingTransport:
+    """A transport whose writes within one turn of the event loop go out as one: uvicorn writes a response's
+    headers and body separately, and over TLS each write is a record and a system call of its own."""
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 def _protocol_class(config: BrokerConfig):
     """uvicorn's httptools protocol with the broker's connection limits (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -79,7 +110,7 @@ def _protocol_class(config: BrokerConfig):
                 transport.write(_BUSY_RESPONSE)
                 transport.close()
                 return
-            super().connection_made(transport)
+            super().connection_made(_CoalescingTransport(transport, self.loop))
             per_address[group] = per_address.get(group, 0) + 1
             self._group = group
             self._arm(limits.header_timeout)  # silence before the first request counts as slow headers

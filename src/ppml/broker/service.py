@@ -13,6 +13,7 @@ expects, the broker's paths or its verifiers' settings; the audit entry has the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections import Counter
@@ -74,6 +75,7 @@ class LedgerHandle(Protocol):
     async def totals(self, add: Mapping[str, int] | None = None) -> dict[str, int]: ...
 
 
+@functools.lru_cache(maxsize=4096)
 def client_group(address: str) -> str:
     """The unit of per-client limits: an IPv4 address, or an IPv6 /64 (one host can use a whole /64)."""
     try:
