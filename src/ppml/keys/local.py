@@ -29,7 +29,6 @@ setting is ever used.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import datetime as _dt
 import fcntl
@@ -47,6 +46,7 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import AlreadyExistsError, ConfigError, KeyAccessError, NotFoundError, UsageError
 from ppml.keys import secure_files
+from ppml.keys.keystore_checks import KDF_LIMITS, SCHEMA, STORE_ID_SIZE, check_kdf, check_store
 from ppml.keys.kms import KeyManagementService, KeyVersionInfo, PrimaryKeyInfo
 
 __all__ = ["LocalKms", "default_keystore_path", "PASSWORD_ENV", "KEYSTORE_ENV", "DEFAULT_KEY_NAME",
@@ -55,17 +55,10 @@ __all__ = ["LocalKms", "default_keystore_path", "PASSWORD_ENV", "KEYSTORE_ENV", 
 PASSWORD_ENV = "PPML_KEYSTORE_PASSWORD"
 KEYSTORE_ENV = "PPML_KEYSTORE"
 DEFAULT_KEY_NAME = "default"
-_SCHEMA = "ppml.keystore/1"
 _WRAP_VERSION = b"\x01"
-_STORE_ID_SIZE = 16
 _NONCE = 12
 DEFAULT_KDF = {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 64 * 1024}
 MIN_PASSPHRASE_LENGTH = 12
-# (lowest, highest) per Argon2id parameter; memory_kib * iterations must also reach _MIN_KDF_WORK
-# (OWASP's equivalent minimum settings: 46 MiB x 1, 19 MiB x 2 ... 7 MiB x 5).
-KDF_LIMITS = {"memory_kib": (7 * 1024, 4 * 1024 * 1024), "iterations": (1, 64), "lanes": (1, 64)}
-_MIN_KDF_WORK = 35 * 1024
-_STATES = ("enabled", "retired")
 Passphrase = str | Callable[[], str] | None
 
 
@@ -92,64 +85,6 @@ def _seal(key: bytes, plaintext: bytes, aad: str) -> bytes:
 
 def _open(key: bytes, sealed: bytes, aad: str) -> bytes:
     return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad.encode())
-
-
-def _check_kdf(kdf: object, *, where: str) -> dict:
-    """The Argon2id parameters, refused with ConfigError outside :data:`KDF_LIMITS`."""
-    if not isinstance(kdf, dict) or kdf.get("name") != "argon2id":
-        name = kdf.get("name") if isinstance(kdf, dict) else kdf
-        raise ConfigError(f"{where}: unsupported key store KDF {name!r}", hint="ppml key stores use argon2id")
-    for name, (low, high) in KDF_LIMITS.items():
-        value = kdf.get(name)
-        if type(value) is not int or not low <= value <= high:
-            raise ConfigError(f"{where}: kdf {name} is {value!r}, outside {low}..{high}",
-                              hint="a weaker setting makes the passphrase cheap to guess; a larger one exhausts memory")
-    if kdf["memory_kib"] * kdf["iterations"] < _MIN_KDF_WORK:
-        raise ConfigError(f"{where}: kdf memory_kib x iterations is {kdf['memory_kib'] * kdf['iterations']}, below "
-                          f"{_MIN_KDF_WORK}", hint="raise iterations or memory_kib (OWASP's Argon2id minimum)")
-    return kdf
-
-
-def _b64_field(value: object, *, where: str, name: str) -> bytes:
-    try:
-        if not isinstance(value, str):
-            raise ValueError
-        return base64.b64decode(value, validate=True)
-    except (ValueError, binascii.Error):
-        raise ConfigError(f"{where}: {name} is not base64 text", hint="restore the key store from its backup") from None
-
-
-def _check_store(doc: object, *, where: str) -> dict:
-    """The parsed key store, every field checked, so a damaged file is a ConfigError naming the field."""
-    def bad(what: str) -> ConfigError:
-        return ConfigError(f"{where} is not a valid ppml key store ({what})",
-                           hint="restore the key store from its backup")
-
-    if not isinstance(doc, dict):
-        raise bad("not a JSON object")
-    if doc.get("schema") != _SCHEMA:
-        raise bad(f"schema {doc.get('schema')!r} is not {_SCHEMA!r}")
-    store_id = doc.get("store_id")
-    if not isinstance(store_id, str) or len(store_id) != 2 * _STORE_ID_SIZE or any(
-            c not in "0123456789abcdef" for c in store_id):
-        raise bad(f"store_id {store_id!r} is not {_STORE_ID_SIZE} bytes of lowercase hex")
-    _check_kdf(doc.get("kdf"), where=where)
-    _b64_field(doc["kdf"].get("salt"), where=where, name="kdf salt")
-    _b64_field(doc.get("check"), where=where, name="check")
-    keys = doc.get("keys")
-    if not isinstance(keys, dict):
-        raise bad("keys is not a mapping")
-    for name, entry in keys.items():
-        versions = entry.get("versions") if isinstance(entry, dict) else None
-        if not isinstance(versions, dict) or not versions or entry.get("current") not in versions:
-            raise bad(f"key {name!r} has no versions mapping or no current version among them")
-        for version, state in versions.items():
-            if not version.isdigit() or not isinstance(state, dict) or state.get("state") not in _STATES:
-                raise bad(f"key {name!r} version {version!r} is not a numbered version with a state "
-                          f"({' or '.join(_STATES)})")
-            if state["state"] == "enabled":
-                _b64_field(state.get("material"), where=where, name=f"material of {name} v{version}")
-    return doc
 
 
 class LocalKms(KeyManagementService):
@@ -204,7 +139,7 @@ class LocalKms(KeyManagementService):
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigError(f"{self.path} is not a valid ppml key store (not JSON: {type(exc).__name__})",
                               hint="restore the key store from its backup") from None
-        return _check_store(doc, where=str(self.path))
+        return check_store(doc, where=str(self.path))
 
     def _target(self) -> Path:
         """The file to write: the one a symbolic link points at, so that the link survives a change."""
@@ -272,7 +207,7 @@ class LocalKms(KeyManagementService):
             doc = self._load()
             kek = self._derive(self._passphrase(), doc["kdf"])
             try:
-                _open(kek, base64.b64decode(doc["check"]), f"{_SCHEMA}|check")
+                _open(kek, base64.b64decode(doc["check"]), f"{SCHEMA}|check")
             except InvalidTag:
                 raise KeyAccessError(f"wrong passphrase for the key store {self.path}",
                                      hint=f"check {PASSWORD_ENV} or the passphrase you typed") from None
@@ -288,7 +223,7 @@ class LocalKms(KeyManagementService):
         if self.path.exists():
             raise AlreadyExistsError(f"a key store already exists at {self.path}",
                                      hint="use it as it is, or choose another path with --keystore")
-        params = _check_kdf({**DEFAULT_KDF, **(kdf or {}), "salt": _b64(os.urandom(16))},
+        params = check_kdf({**DEFAULT_KDF, **(kdf or {}), "salt": _b64(os.urandom(16))},
                             where=f"new key store {self.path}")
         passphrase = self._passphrase()
         if len(passphrase) < MIN_PASSPHRASE_LENGTH:
@@ -298,10 +233,10 @@ class LocalKms(KeyManagementService):
                                   "choose a long one (several words)")
         kek = self._derive(passphrase, params)
         doc = {
-            "schema": _SCHEMA,
-            "store_id": os.urandom(_STORE_ID_SIZE).hex(),
+            "schema": SCHEMA,
+            "store_id": os.urandom(STORE_ID_SIZE).hex(),
             "kdf": params,
-            "check": _b64(_seal(kek, b"ppml keystore check", f"{_SCHEMA}|check")),
+            "check": _b64(_seal(kek, b"ppml keystore check", f"{SCHEMA}|check")),
             "keys": {},
         }
         secure_files.write_private(self._target(), (json.dumps(doc, indent=2) + "\n").encode())
@@ -346,7 +281,7 @@ class LocalKms(KeyManagementService):
             entry["versions"][version] = {
                 "state": "enabled",
                 "created": _now(),
-                "material": _b64(_seal(kek, material, f"{_SCHEMA}|{key_name}|{version}")),
+                "material": _b64(_seal(kek, material, f"{SCHEMA}|{key_name}|{version}")),
             }
             entry["current"] = version
             added.append(version)
@@ -410,7 +345,7 @@ class LocalKms(KeyManagementService):
                                           "backup from before the retirement")
             try:
                 material = _open(self._key_encryption_key(), base64.b64decode(found["material"]),
-                                 f"{_SCHEMA}|{key_name}|{version}")
+                                 f"{SCHEMA}|{key_name}|{version}")
             except InvalidTag:
                 raise KeyAccessError(f"primary key {reference} in {self.path} is damaged",
                                      hint="restore the key store from its backup") from None
@@ -429,17 +364,17 @@ class LocalKms(KeyManagementService):
     def unwrap(self, wrapped: WrappedKey) -> DataKey:
         blob = wrapped.wrapped
         store_id = self._load()["store_id"]
-        if blob[:1] != _WRAP_VERSION or len(blob) < 1 + _STORE_ID_SIZE + _NONCE + 16:
+        if blob[:1] != _WRAP_VERSION or len(blob) < 1 + STORE_ID_SIZE + _NONCE + 16:
             raise KeyAccessError(f"the wrapped key for {wrapped.reference} is malformed")
-        if blob[1 : 1 + _STORE_ID_SIZE].hex() != store_id:
+        if blob[1 : 1 + STORE_ID_SIZE].hex() != store_id:
             raise KeyAccessError(
-                f"{wrapped.reference} was wrapped by key store {blob[1:1 + _STORE_ID_SIZE].hex()[:12]}…, "
+                f"{wrapped.reference} was wrapped by key store {blob[1:1 + STORE_ID_SIZE].hex()[:12]}…, "
                 f"but {self.path} is key store {store_id[:12]}…",
                 hint=f"point --keystore or {KEYSTORE_ENV} at the key store this data was encrypted with",
             )
         primary = self._material(wrapped.key, wrapped.version)
         try:
-            material = _open(primary, blob[1 + _STORE_ID_SIZE :], f"ppml/local/v1|{wrapped.key}|{wrapped.version}")
+            material = _open(primary, blob[1 + STORE_ID_SIZE :], f"ppml/local/v1|{wrapped.key}|{wrapped.version}")
         except InvalidTag:
             raise KeyAccessError(f"the wrapped data key does not authenticate under {wrapped.reference}",
                                  hint="the header or data-key file was modified") from None
