@@ -124,13 +124,12 @@ class AuditReport:
     unsigned_prefix: int = 0
     log_id: str | None = None
     key_ids: tuple[str, ...] = ()
-    heads_checked: int = 0
     positions: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"entries": self.entries, "head": self.head, "allowed": self.allowed, "denied": self.denied,
                 "signed": self.signed, "unsigned_prefix": self.unsigned_prefix, "log_id": self.log_id,
-                "key_ids": list(self.key_ids), "heads_checked": self.heads_checked}
+                "key_ids": list(self.key_ids)}
 
 
 def verify_audit_log(path: str | Path, *, keys: Sequence[Ed25519PublicKey] = (), expect_head: str | None = None,
@@ -257,10 +256,6 @@ class AuditLog:
     def head(self) -> str:
         """The hash of the last entry (sealed, not necessarily durable yet)."""
         return self._head
-
-    @property
-    def next_seq(self) -> int:
-        return self._seq
 
     def seal(self, event: str, **fields: Any) -> dict[str, Any]:
         """The next entry, numbered and chained. Callers render and write entries in sealing order."""

@@ -109,9 +109,6 @@ class MemoryUsedNonces(UsedNonces):
         self._expiry: dict[int, int] = {}
         self._count = 0
 
-    def __len__(self) -> int:
-        return self._count
-
     def _drop_expired(self, now: float) -> None:
         for second in [s for s, expiry in self._expiry.items() if expiry < now]:
             self._count -= len(self._by_second.pop(second))
