@@ -174,12 +174,18 @@ def test_a_folder_without_manifest_reads_with_a_warning_and_refuses_plaintext_am
     assert (data_set["tmp"] / "plain.csv").read_bytes() == b"id,name\n666,mallory\n"
 
 
-def test_attacks_through_the_command_line_exit_4_naming_the_member(tmp_path):
+def _cli_data_set(tmp_path: Path) -> Cli:
+    """A command-line sandbox whose ``enc/`` was made by ``ppml encrypt`` of a plain folder."""
     cli = Cli(tmp_path)
     cli.fast_keystore()
     assert cli.run("keys", "data-key", "--out", "dk.json").returncode == 0
     write_plain(tmp_path / "plain")
     assert cli.run("encrypt", "plain", "enc", "--data-key", "dk.json").returncode == 0
+    return cli
+
+
+def test_attacks_through_the_command_line_exit_4_naming_the_member(tmp_path):
+    cli = _cli_data_set(tmp_path)
     (tmp_path / "enc" / "x.csv.ppml").unlink()
     (tmp_path / "enc" / "x.csv").write_bytes(b"id,amount\n1,1000000\n")
     verify, decrypt = cli.run_many(("verify", "enc", "--json"), ("decrypt", "enc", "out"))
@@ -191,11 +197,7 @@ def test_attacks_through_the_command_line_exit_4_naming_the_member(tmp_path):
 
 
 def test_no_manifest_warning_reaches_the_command_line(tmp_path):
-    cli = Cli(tmp_path)
-    cli.fast_keystore()
-    assert cli.run("keys", "data-key", "--out", "dk.json").returncode == 0
-    write_plain(tmp_path / "plain")
-    assert cli.run("encrypt", "plain", "enc", "--data-key", "dk.json").returncode == 0
+    cli = _cli_data_set(tmp_path)
     shutil.rmtree(tmp_path / "enc" / MANIFEST_FOLDER)
     result = cli.run("verify", "enc")
     assert result.returncode == 0 and "warning" in result.stderr and "no data-set manifest" in result.stderr
