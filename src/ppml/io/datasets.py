@@ -23,19 +23,19 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
 from ppml.crypto.manifest import Manifest, Member
-from ppml.errors import IntegrityError
+from ppml.errors import AlreadyExistsError, IntegrityError
 from ppml.io.storage import Location
 from ppml.keys.keyring import KeyRing
 
-__all__ = ["MANIFEST_FOLDER", "DataSetVersion", "dataset_roots", "latest_version", "write_version", "member", "check_listing",
-           "check_member", "dataset_facts", "UNPROTECTED_WARNING"]
+__all__ = ["MANIFEST_FOLDER", "DataSetVersion", "dataset_roots", "latest_manifest_number", "latest_version", "write_version", "member", "check_listing",
+           "check_member", "commit_version", "dataset_facts", "UNPROTECTED_WARNING"]
 
 MANIFEST_FOLDER = "_ppml_manifest"
 _VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
@@ -77,6 +77,15 @@ def dataset_roots(folder: Location) -> list[str]:
         if posixpath.basename(parent) == MANIFEST_FOLDER and _VERSION_FILE.match(name):
             roots.add(posixpath.dirname(parent))
     return sorted(roots)
+
+
+def latest_manifest_number(root: Location) -> int:
+    """The number of the latest manifest of the data set in ``root`` (not checked)."""
+    versions = _versions(root)
+    if not versions:
+        raise IntegrityError(f"{root.url} has no data-set manifest", path=root.url,
+                             hint="results and encrypted folders written by ppml have one")
+    return max(versions)
 
 
 def latest_version(root: Location, keyring: KeyRing | None, *, key: DataKey | None = None,
@@ -181,3 +190,31 @@ def check_member(expected: Member, fmt: FileFormat, info: FileInfo, *, name: str
         raise IntegrityError(f"{name}: not the file the data-set manifest records under {expected.path} (replaced by "
                              "another file)", path=name, hint="restore the data set from a trusted copy")
 
+
+
+def commit_version(root: Location, added: Iterable[Member], *, replace: bool, key: DataKey,
+                   envelope: tuple[WrappedKey, ...], keyring: KeyRing, writer: str,
+                   existing: Callable[[], list[Member]], attempts: int = 20) -> DataSetVersion:
+    """Record a write to the data set in ``root`` as its next version, and return it.
+
+    ``added`` are the files the write put in place; with ``replace`` they are the whole data set, otherwise
+    they join the latest version's members (a file at a member's path replaces it). A folder without a
+    manifest whose files are appended to gets one: ``existing()`` lists its files as members. When another
+    writer records a version first, the latest one is read again and built on, so concurrent appends keep
+    every writer's files.
+    """
+    added = {m.path: m for m in added}
+    for _ in range(attempts):
+        previous = latest_version(root, keyring)
+        if replace:
+            members = dict(added)
+        else:
+            base = previous.manifest.members if previous is not None else existing()
+            members = {**{m.path: m for m in base}, **added}
+        try:
+            return write_version(root, members.values(), key=key, envelope=envelope, writer=writer,
+                                 previous=previous)
+        except AlreadyExistsError:
+            continue  # another writer recorded that version first: build on it
+    raise IntegrityError(f"{root.url}: could not record a new version after {attempts} attempts (other writers "
+                         "kept recording versions first)", path=root.url, hint="retry the write")

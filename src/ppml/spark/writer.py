@@ -4,7 +4,9 @@ Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from
 is written; the plaintext never lands on disk. Only when every task has succeeded does the driver's ``commit``
 remove any old ``_SUCCESS`` and what an ``overwrite`` replaces, move the parts into place (renames locally; on
 object stores such as Azure Blob, server-side copies that each replace one blob atomically, then deletes) and
-write ``_SUCCESS`` last; ``abort`` deletes the temporary parts. A failed job therefore leaves the output as it was.
+record the data set's next version in its authenticated manifest (encrypted formats; see
+:mod:`ppml.io.datasets`) and write ``_SUCCESS`` last; ``abort`` deletes the temporary parts. A failed job
+therefore leaves the output as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
 from ppml.errors import ConfigError
+from ppml.crypto.manifest import Member
+from ppml.io.datasets import commit_version, member
+from ppml.io.files import describe
 from ppml.io.storage import Location, locate, move_files
 from ppml.spark.options import SourceOptions
 
@@ -37,6 +42,7 @@ SUCCESS = "_SUCCESS"
 class PartCommit(WriterCommitMessage):
     staged: str | None  # None: the task's partition was empty and wrote nothing
     final: str | None
+    member: Member | None = None  # the part as the data-set manifest records it (encrypted formats)
 
 
 def _json_default(value: object) -> object:
@@ -88,7 +94,8 @@ class PpmlWriter(DataSourceArrowWriter):
         with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url,
                                                        **self.writer_options) as out:
             self._encode(batches, out, first.schema if first is not None else None)
-        return PartCommit(staged.url, final.url)
+        part = member(name, fmt, describe(staged, fmt), staged.size()) if fmt.encrypted else None
+        return PartCommit(staged.url, final.url, part)
 
     def _encode(self, batches: Iterator[pa.RecordBatch], out, schema: pa.Schema | None) -> None:
         text = self.options.text
@@ -132,8 +139,31 @@ class PpmlWriter(DataSourceArrowWriter):
             with root.child(name).open("wb") as handle:
                 handle.write(data)
         self._cleanup(root)
+        if fmt.encrypted:
+            self._record_version(root, [m.member for m in messages if m is not None and m.member is not None])
         with root.child(SUCCESS).open("wb"):
             pass
+
+    def _record_version(self, root: Location, parts: list[Member]) -> None:
+        """The data set's next manifest version: the parts written (and, when appending, what was there)."""
+        envelope = self.options.envelope()
+        ring = self.options.keys.keyring()
+        key = ring.unwrap(envelope, name=f"the data key for {root.url}")
+
+        def existing() -> list[Member]:
+            found = []
+            for relative, size in root.files():
+                info = describe(root.child(relative))
+                fmt = get_format(info.format)
+                if fmt.identity(info) is None:
+                    raise ConfigError(f"{root.child(relative).url} is a plaintext file; appending encrypted files "
+                                      "to its folder would make a data set that includes it",
+                                      hint="write to another folder, or move the plaintext file away")
+                found.append(member(relative, fmt, info, size))
+            return found
+
+        commit_version(root, parts, replace=self.overwrite, key=key, envelope=tuple(envelope), keyring=ring,
+                       writer=f"ppml Spark writer ({self.format})", existing=existing)
 
     def abort(self, messages: list[PartCommit | None]) -> None:
         self._cleanup(self._root())
