@@ -7,6 +7,7 @@ authenticated, so it cannot be re-wrapped in place (see the codec's module docst
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -25,8 +26,14 @@ from ppml.crypto.bigdl_cbc import (
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
+from ppml.errors import UnprotectedDataWarning
 
 __all__ = ["BigdlCbcFormat"]
+
+# One message for every file, so that a folder of them warns once per process, not once per file.
+_IV_NOT_AUTHENTICATED = ("BigDL aes/cbc/pkcs5padding files do not authenticate their IV: whoever can write them can "
+                         "change the first 16 bytes of their plaintext undetected; re-encrypt data you must trust "
+                         "into aes_gcm_stream")
 
 
 class BigdlCbcFormat(FileFormat):
@@ -67,6 +74,7 @@ class BigdlCbcFormat(FileFormat):
     def open_reader(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> BigdlCbcReader:
         if key is None:
             raise ValueError("aes/cbc/pkcs5padding files need a data key to read")
+        warnings.warn(_IV_NOT_AUTHENTICATED, UnprotectedDataWarning, stacklevel=2)
         return BigdlCbcReader(raw, key, name=name)
 
     def open_writer(self, raw: BinaryIO, key: DataKey | None, envelope: Sequence[WrappedKey], *,
