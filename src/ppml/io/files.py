@@ -254,9 +254,10 @@ def checked_members(source: Location, entries: Sequence[tuple[str, int]], *, key
     (``None`` for a single file).
 
     Every data set in the folder (``source`` itself, or folders below it, such as one result per query) is
-    checked; files that belong to none are read with a warning, and if they mix encrypted and plaintext files
-    the plaintext ones are refused unless ``mode`` names the plaintext format: a plaintext file among
-    encrypted ones is how injected rows look. ``min_version`` applies to the data set at ``source``.
+    checked. Encrypted files that belong to none are read with a warning, and plaintext files beside them
+    are refused unless ``mode`` names the plaintext format: a plaintext file among encrypted ones is how
+    injected rows look. (Plaintext files beside data sets, such as a timing report, are read as they are.)
+    ``min_version`` applies to the data set at ``source``.
     """
     if not source.is_dir():
         return None
@@ -274,16 +275,15 @@ def checked_members(source: Location, entries: Sequence[tuple[str, int]], *, key
         check_listing(root, version, {rel[len(prefix):]: size for rel, size in claimed.items()})
         members.update({prefix + path: m for path, m in version.members().items()})
         unclaimed = {rel: size for rel, size in unclaimed.items() if rel not in claimed}
-    if unclaimed:
+    formats = {relative: get_format(mode) if mode else _sniff(_at(source, relative)) for relative in unclaimed}
+    plaintext = sorted(r for r, fmt in formats.items() if not fmt.encrypted)
+    if len(plaintext) < len(formats):  # encrypted files that no manifest vouches for
         warnings.warn(UNPROTECTED_WARNING.format(url=source.url), UnprotectedDataWarning, stacklevel=3)
-        if mode is None:
-            formats = {relative: _sniff(_at(source, relative)) for relative in unclaimed}
-            plaintext = sorted(r for r, fmt in formats.items() if not fmt.encrypted)
-            if plaintext and (members or len(plaintext) < len(formats)):
-                raise IntegrityError(f"{source.url}: plaintext file(s) among encrypted ones: "
-                                     f"{', '.join(plaintext[:10])}", path=source.url,
-                                     hint="if they belong there, read them with --mode plain_text "
-                                          "(crypto_mode=...) on their own")
+        if plaintext and mode is None:
+            raise IntegrityError(f"{source.url}: plaintext file(s) among encrypted ones: "
+                                 f"{', '.join(plaintext[:10])}", path=source.url,
+                                 hint="if they belong there, read them with --mode plain_text (crypto_mode=...) "
+                                      "on their own")
     return members
 
 
