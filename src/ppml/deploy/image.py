@@ -23,7 +23,7 @@ APP_SCRIPT = f"{_SITE}/ppml/cli/spark_app.py"
 #: Spark's container contract (``driver ARGS`` / ``executor``), implemented by docker/entrypoint.sh.
 ENTRYPOINT = "/opt/ppml/bin/entrypoint.sh"
 #: The signed Gramine manifest and signature of the sgx profile.
-GRAMINE_DIR = "/opt/ppml/gramine"
+GRAMINE_DIR = "/opt/ppml-gramine"
 #: Prints MAA evidence obtained through the confidential-containers attestation sidecar (coco profile).
 SKR_EVIDENCE = "/opt/ppml/bin/skr-maa-evidence"
 
