@@ -268,6 +268,8 @@ def _kubernetes_settings(request: SubmitRequest, epc: dict[str, str], templates:
     settings = {
         "spark.kubernetes.namespace": deployment["namespace"],
         "spark.kubernetes.container.image": deployment["image"],
+        # a tag names what the registry holds now: fetch it every time rather than trust a node's cache
+        "spark.kubernetes.container.image.pullPolicy": "Always",
         "spark.kubernetes.authenticate.driver.serviceAccountName": deployment["service_account"],
         "spark.kubernetes.authenticate.executor.serviceAccountName": deployment["service_account"],
         "spark.kubernetes.driver.podTemplateContainerName": deployment["containers"]["driver"],
