@@ -60,7 +60,8 @@ def test_queries_submitted_to_a_local_master(tpch_encrypted, tmp_path):
 
 
 def _dry_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*PPML, "submit", *args, "--dry-run"], capture_output=True, text=True, timeout=120)
+    # options before the application: everything after it belongs to the application
+    return subprocess.run([*PPML, "submit", "--dry-run", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_dry_run_shows_the_command_and_redacts_the_secret(tmp_path):
