@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -107,3 +108,23 @@ def test_gramine_manifest_template_renders_a_production_enclave():
     assert "insecure__use_host_env" not in rendered  # only named variables come in
     allowed = manifest["sgx"]["allowed_files"]
     assert "file:/etc/ppml/" in allowed and not any(f.startswith("file:/opt/ppml") for f in allowed)
+
+
+def test_entrypoint_runs_a_driver_as_spark_on_kubernetes_starts_it(tmp_path):
+    """``entrypoint.sh driver ARGS`` as Spark's driver pod runs it: spark-submit in client mode, bound to the
+    pod address; here with the installed pyspark and a local master."""
+    pyspark = pytest.importorskip("pyspark")
+    app = tmp_path / "app.py"
+    app.write_text("import sys\nfrom pyspark.sql import SparkSession\n"
+                   "spark = SparkSession.builder.getOrCreate()\n"
+                   "print('SUM', spark.range(10).selectExpr('sum(id)').first()[0],\n"
+                   "      spark.conf.get('spark.driver.bindAddress'), sys.argv[1:])\n"
+                   "spark.stop()\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SPARK_HOME": str(Path(pyspark.__file__).parent),
+           "SPARK_DRIVER_BIND_ADDRESS": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYTHONPATH": ":".join(sys.path)}
+    done = subprocess.run(["bash", str(ROOT / "docker" / "entrypoint.sh"), "driver", "--master", "local[1]",
+                           "--conf", "spark.ui.enabled=false", str(app), "a", "b"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SUM 45 127.0.0.1 ['a', 'b']" in done.stdout

@@ -126,7 +126,7 @@ def render(
                                     "objects": len(rendering.objects)})
         return
     err.print(f"Wrote {len(rendering.objects)} objects to {folder} (secrets in 0600 files).")
-    err.print("Next:" + (f"\n  store the broker's TLS files in Key Vault (ppml deploy azure prints the commands)"
+    err.print("Next:" + ("\n  store the broker's TLS files in Key Vault (ppml deploy azure prints the commands)"
                          if broker else "")
               + f"\n  kubectl apply -f {folder}/cluster/"
               + f"\n  ppml submit --master k8s://https://API-SERVER --deploy-mode cluster --deployment {folder} "

@@ -80,17 +80,17 @@ def azure_steps(setup: AzureSetup) -> list[tuple[str, list[str]]]:
             "--enable-rbac-authorization true --enable-purge-protection true --retention-days 90",
             f'VAULT_ID=$(az keyvault show --name {s.vault} --query id -o tsv)',
             'ME=$(az ad signed-in-user show --query id -o tsv)',
-            f'az role assignment create --assignee-object-id "$ME" --role "Key Vault Crypto Officer" '
-            f'--scope "$VAULT_ID"  # you create and rotate the primary key',
-            f'az role assignment create --assignee-object-id "$ME" --role "Key Vault Secrets Officer" '
-            f'--scope "$VAULT_ID"  # you store the secrets below'],),
+            'az role assignment create --assignee-object-id "$ME" --role "Key Vault Crypto Officer" '
+            '--scope "$VAULT_ID"  # you create and rotate the primary key',
+            'az role assignment create --assignee-object-id "$ME" --role "Key Vault Secrets Officer" '
+            '--scope "$VAULT_ID"  # you store the secrets below'],),
         ("Storage account with hierarchical namespace (ADLS Gen2); no shared keys: identities only", [
             f"az storage account create --name {s.storage_account} --resource-group {rg} --location {s.location} "
             "--sku Standard_ZRS --kind StorageV2 --enable-hierarchical-namespace true --min-tls-version TLS1_2 "
             "--https-only true --allow-blob-public-access false --allow-shared-key-access false",
             f'STORAGE_ID=$(az storage account show --name {s.storage_account} --resource-group {rg} --query id -o tsv)',
-            f'az role assignment create --assignee-object-id "$ME" --role "Storage Blob Data Contributor" '
-            f'--scope "$STORAGE_ID"  # you upload encrypted data',
+            'az role assignment create --assignee-object-id "$ME" --role "Storage Blob Data Contributor" '
+            '--scope "$STORAGE_ID"  # you upload encrypted data',
             f"az storage container create --account-name {s.storage_account} --name {s.container} --auth-mode login"]),
         ("AKS: OIDC issuer and workload identity, the Key Vault secrets provider, Cilium network policies", [
             f"az aks create --resource-group {rg} --name {s.cluster} --location {s.location} --node-count 2 "

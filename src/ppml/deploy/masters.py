@@ -22,11 +22,6 @@ class Master:
     kind: str
     url: str
 
-    @property
-    def api_server(self) -> str:
-        """The Kubernetes API server URL of a ``k8s://`` master."""
-        return self.url[len("k8s://"):]
-
 
 def parse_master(url: str) -> Master:
     """Parse ``url``; anything but the supported kinds is a :class:`~ppml.errors.UsageError` naming it."""
