@@ -96,3 +96,23 @@ def assert_checkov_clean(target: Path, framework: str) -> list[dict]:
     for check in skipped:
         assert len(check["check_result"].get("suppress_comment") or "") > 20, check
     return skipped
+
+
+def admission_failures(policy: dict, pod: dict) -> list[str]:
+    """The messages of the ValidatingAdmissionPolicy's validations that ``pod`` fails, evaluated with a CEL
+    implementation (cel-python) as the API server would."""
+    celpy = pytest.importorskip("celpy")
+    environment = celpy.Environment()
+    activation: dict = {"object": celpy.json_to_cel(pod)}
+    variables = {}
+    for variable in policy["spec"].get("variables", []):
+        program = environment.program(environment.compile(variable["expression"]))
+        variables[variable["name"]] = program.evaluate(activation)
+    activation["variables"] = celpy.celtypes.MapType({celpy.celtypes.StringType(k): v for k, v in variables.items()})
+    failed = []
+    for validation in policy["spec"]["validations"]:
+        result = environment.program(environment.compile(validation["expression"])).evaluate(activation)
+        assert isinstance(result, celpy.celtypes.BoolType), (validation["expression"], result)
+        if not result:
+            failed.append(validation["message"])
+    return failed

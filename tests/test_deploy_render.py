@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_checks import assert_checkov_clean, validate
+from deploy_checks import admission_failures, assert_checkov_clean, validate
 
 PPML = [sys.executable, "-m", "ppml"]
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -86,7 +86,8 @@ def test_rendered_objects_validate_and_pass_checkov(profile, inputs, tmp_path):
     kinds = sorted({o["kind"] for o in objects})
     assert kinds == sorted({"Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "NetworkPolicy",
                             "SecretProviderClass", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
-                            "PodDisruptionBudget", "Pod"})
+                            "PodDisruptionBudget", "Pod", "ValidatingAdmissionPolicy",
+                            "ValidatingAdmissionPolicyBinding"})
     for obj in objects:
         validate(obj)
     skipped = assert_checkov_clean(out, "kubernetes")
@@ -102,6 +103,17 @@ def test_rendered_objects_validate_and_pass_checkov(profile, inputs, tmp_path):
         assert security["capabilities"]["drop"] == ["ALL"]
         for part in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][part])
+
+    # the namespace's admission policy admits ppml's own pods and refuses weakened ones
+    policy = next(o for o in objects if o["kind"] == "ValidatingAdmissionPolicy")
+    pods = [o if o["kind"] == "Pod" else {"spec": o["spec"]["template"]["spec"]}
+            for o in objects if o["kind"] in ("Pod", "Deployment")]
+    for pod in pods:
+        assert admission_failures(policy, pod) == []
+    weakened = json.loads(json.dumps(pods[0]))
+    weakened["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    weakened["spec"]["volumes"].append({"name": "root", "hostPath": {"path": "/"}})
+    assert len(admission_failures(policy, weakened)) == 2
 
     # no Secret but Spark's authentication secret; keys only wrapped; no key material in env values
     secrets = [o for o in objects if o["kind"] == "Secret"]

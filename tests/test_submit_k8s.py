@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_checks import assert_checkov_clean, validate
+from deploy_checks import admission_failures, assert_checkov_clean, validate
 from k8s_api_server import KubernetesApiServer
 from keyvault_server import make_pki
 
@@ -72,6 +72,9 @@ def test_spark_creates_the_driver_pod_from_ppmls_templates(api, deployment, tmp_
     assert "--sgx-driver-memory 8g → driver pods request sgx.intel.com/epc: 8Gi" in done.stderr
     pod, = api.created("pods")
     validate(pod)
+    # the namespace's admission policy would admit it
+    policy = next(yaml.safe_load_all((deployment / "cluster" / "01-admission.yaml").read_text()))
+    assert admission_failures(policy, pod) == []
     # checked beside the namespace's network policies, as it runs
     checked = tmp_path / "checked"
     checked.mkdir()

@@ -15,7 +15,7 @@ from typing import Any
 
 from ppml.deploy.settings import AUTH_SECRET, BROKER_PORT, BROKER_SA, SPARK_SA, DeploymentSettings
 
-__all__ = ["namespace_objects", "auth_secret", "network_policies", "secret_provider_class", "data_keys_config_map",
+__all__ = ["namespace_objects", "admission_policy", "auth_secret", "network_policies", "secret_provider_class", "data_keys_config_map",
            "SPARK_RBAC_RESOURCES", "new_auth_secret"]
 
 #: What Spark's driver manages in its namespace: executor pods, their config maps, services and volume claims.
@@ -44,11 +44,13 @@ def namespace_objects(settings: DeploymentSettings) -> list[dict[str, Any]]:
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": ns, "labels": {
             "app.kubernetes.io/name": "ppml",
-            # Pod Security Admission: reject any pod that is not hardened like ppml's own. SGX pods mount the
-            # aesmd socket (a hostPath), which "restricted" forbids, so that profile is held to "baseline".
-            "pod-security.kubernetes.io/enforce": "baseline" if settings.tee.profile in ("sgx", "coco")
-            else "restricted",
-            "pod-security.kubernetes.io/warn": "restricted"}}}]
+            # Pod Security Admission "restricted" refuses every pod not hardened like ppml's own. The sgx and
+            # coco pods mount one host path each (the aesmd socket, the attestation sidecar's reference data),
+            # which even "baseline" forbids: there the admission policy below enforces the same rules with
+            # exactly those paths allowed, and PSA only warns and audits.
+            "pod-security.kubernetes.io/enforce": "privileged" if settings.tee.host_paths() else "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted"}}}]
     spark_sa: dict[str, Any] = {"apiVersion": "v1", "kind": "ServiceAccount",
                                 "metadata": _meta(settings, SPARK_SA, "spark"), "automountServiceAccountToken": False}
     if settings.client_id:
@@ -77,6 +79,50 @@ def namespace_objects(settings: DeploymentSettings) -> list[dict[str, Any]]:
                                           annotations={"azure.workload.identity/client-id": settings.broker_client_id}),
                         "automountServiceAccountToken": False})
     return objects
+
+
+def admission_policy(settings: DeploymentSettings) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (and its binding to the namespace) refusing pods that are not hardened:
+    host namespaces, host paths other than the profile's own, privileged or escalating containers, added or
+    undropped capabilities, writable root file systems, root users, containers without CPU and memory limits."""
+    allowed = ", ".join(f"'{path}'" for path in settings.tee.host_paths())
+    name = f"ppml-{settings.namespace}-hardened-pods"
+    checks = [
+        ("!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.hostPath)"
+         + (f" || v.hostPath.path in [{allowed}])" if allowed else ")"),
+         "no host paths" + (f" but {allowed}" if allowed else "")),
+        ("!(has(object.spec.hostNetwork) && object.spec.hostNetwork) && !(has(object.spec.hostPID) && "
+         "object.spec.hostPID) && !(has(object.spec.hostIPC) && object.spec.hostIPC)", "no host namespaces"),
+        ("variables.containers.all(c, has(c.securityContext) && has(c.securityContext.allowPrivilegeEscalation) && "
+         "c.securityContext.allowPrivilegeEscalation == false && !(has(c.securityContext.privileged) && "
+         "c.securityContext.privileged) && has(c.securityContext.readOnlyRootFilesystem) && "
+         "c.securityContext.readOnlyRootFilesystem && has(c.securityContext.capabilities) && "
+         "has(c.securityContext.capabilities.drop) && 'ALL' in c.securityContext.capabilities.drop && "
+         "!has(c.securityContext.capabilities.add))",
+         "every container unprivileged, without privilege escalation, with a read-only root file system and all "
+         "capabilities dropped"),
+        ("(has(object.spec.securityContext) && has(object.spec.securityContext.runAsNonRoot) && "
+         "object.spec.securityContext.runAsNonRoot) || variables.containers.all(c, has(c.securityContext) && "
+         "has(c.securityContext.runAsNonRoot) && c.securityContext.runAsNonRoot)", "no container runs as root"),
+        ("variables.containers.all(c, has(c.resources) && has(c.resources.limits) && 'cpu' in c.resources.limits "
+         "&& 'memory' in c.resources.limits)", "every container has CPU and memory limits"),
+    ]
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ppml"}},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                               "operations": ["CREATE", "UPDATE"],
+                                                               "resources": ["pods"]}]},
+                       "variables": [{"name": "containers", "expression": "object.spec.containers + "
+                                      "(has(object.spec.initContainers) ? object.spec.initContainers : [])"}],
+                       "validations": [{"expression": expression, "message": f"ppml pods: {message}"}
+                                       for expression, message in checks]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ppml"}},
+               "spec": {"policyName": name, "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": settings.namespace}}}}}
+    return [policy, binding]
 
 
 def _binding(settings: DeploymentSettings, name: str, role: str, subjects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -176,6 +176,10 @@ class TeeSettings:
             return [{"name": "TPM2TOOLS_TCTI", "value": "device:/dev/tpmrm0"}]
         return []
 
+    def host_paths(self) -> tuple[str, ...]:
+        """Host paths the profile's pods mount (the only ones the namespace admits)."""
+        return {"sgx": ("/var/run/aesmd",), "coco": (_SKR_REFERENCE_INFO,)}.get(self.profile, ())
+
     def volumes(self, role: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(volumes, volumeMounts)`` the profile adds."""
         if self.profile == "sgx" and role != "broker":

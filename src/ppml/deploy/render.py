@@ -3,6 +3,7 @@
 Layout of the folder (``kubectl apply -f DIR/cluster/`` applies the cluster objects in order)::
 
     cluster/00-namespace.yaml         Namespace, service accounts, Roles and RoleBindings
+    cluster/01-admission.yaml         an admission policy refusing pods that are not hardened
     cluster/10-spark-auth.yaml        the Secret with Spark's authentication secret       (mode 0600)
     cluster/20-network-policies.yaml  default deny, then what Spark, the broker and Azure need
     cluster/30-key-vault.yaml         SecretProviderClasses (Key Vault secrets through the CSI driver)
@@ -30,7 +31,7 @@ import yaml
 from ppml.attest.policy import load_policy
 from ppml.broker.scaffold import write_tls_files
 from ppml.deploy.broker import TLS_SECRETS, broker_hosts, broker_objects, broker_policy
-from ppml.deploy.cluster import (auth_secret, data_keys_config_map, namespace_objects, network_policies,
+from ppml.deploy.cluster import (admission_policy, auth_secret, data_keys_config_map, namespace_objects, network_policies,
                                  new_auth_secret, secret_provider_class)
 from ppml.deploy.pods import SPARK_CONTAINER, broker_url, spark_pod_template
 from ppml.deploy.settings import AUTH_DIR, AUTH_SECRET, BROKER_SA, DATA_KEYS_DIR, SPARK_SA, DeploymentSettings
@@ -100,6 +101,7 @@ def render(settings: DeploymentSettings, *, auth_value: bytes | None = None) -> 
     value = auth_value or new_auth_secret()
     cluster: dict[str, list[dict[str, Any]]] = {
         "cluster/00-namespace.yaml": namespace_objects(settings),
+        "cluster/01-admission.yaml": admission_policy(settings),
         "cluster/10-spark-auth.yaml": [auth_secret(settings, value)],
         "cluster/20-network-policies.yaml": network_policies(settings),
     }
