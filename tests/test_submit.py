@@ -59,6 +59,25 @@ def test_queries_submitted_to_a_local_master(tpch_encrypted, tmp_path):
     _checked(result, 3)
 
 
+def test_a_pyspark_application_gets_the_key_settings(tpch_encrypted, tmp_path):
+    """PPMLContext(spark) in any application takes the key settings ppml submit was given (spark.ppml.keys.*):
+    the driver and its executors open the key store with the passphrase file named there."""
+    app = tmp_path / "count_orders.py"
+    app.write_text(
+        "import sys\n"
+        "from pyspark.sql import SparkSession\n"
+        "from ppml.spark import PPMLContext\n"
+        "ctx = PPMLContext(SparkSession.builder.getOrCreate())\n"
+        "rows = ctx.read().option('sep', '|').csv(sys.argv[1]).count()\n"
+        "print('ORDERS', rows, ctx.keys.keystore == sys.argv[2])\n")
+    result = subprocess.run([*PPML, "submit", "--master", "local[2]", "--keystore", str(tpch_encrypted["keystore"]),
+                             "--passphrase-file", str(tpch_encrypted["password_file"]), str(app),
+                             str(tpch_encrypted["encrypted"] / "orders.tbl.ppml"), str(tpch_encrypted["keystore"])],
+                            env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ORDERS 15000 True" in result.stdout
+
+
 def _dry_run(*args: str) -> subprocess.CompletedProcess:
     # options before the application: everything after it belongs to the application
     return subprocess.run([*PPML, "submit", "--dry-run", *args], capture_output=True, text=True, timeout=120)
@@ -109,6 +128,7 @@ def test_bigdl_settings_are_mapped_and_shown(tmp_path):
     (["--master", "k8s://https://10.0.0.1:6443"], 2, "a k8s:// master needs --deployment DIR"),
     (["--master", "spark://127.0.0.1:7077"], 2, "a spark:// master needs --auth-secret-file FILE"),
     (["--deploy-mode", "cluster"], 2, "--deploy-mode cluster needs a spark:// or k8s:// master"),
+    (["--auth-secret-file", "/dev/null"], 2, "--auth-secret-file is for spark:// masters"),
 ])
 def test_refused_input_names_the_flag(args, code, message):
     done = _dry_run(*args, "job.py")

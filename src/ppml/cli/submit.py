@@ -39,7 +39,11 @@ def submit_request(master: str, app: str, app_args: list[str], *, keys: KeySetti
 def run_request(request, *, dry_run: bool, as_json: bool) -> None:
     """Plan ``request``; print the plan (``dry_run``) or run it, exiting with spark-submit's exit code."""
     from ppml.deploy.submit import plan_submit
+    from ppml.errors import UsageError
 
+    if as_json and not dry_run:
+        raise UsageError("--json prints the plan: give it with --dry-run (a run passes the application's own output "
+                         "through)")
     plan = plan_submit(request)
     if dry_run:
         if as_json:

@@ -196,6 +196,9 @@ def plan_submit(request: SubmitRequest) -> SubmitPlan:
     templates: dict[str, dict[str, Any]] = {}
     spark_creates: list[str] = []
     if master.kind == "local":
+        if request.auth_secret_file:
+            raise UsageError("--auth-secret-file is for spark:// masters and Kubernetes client mode: in local mode "
+                             "Spark makes a fresh secret in memory")
         env["SPARK_LOCAL_IP"] = "127.0.0.1"  # nothing leaves the machine in local mode
         settings["spark.pyspark.python"] = sys.executable
     elif master.kind == "standalone":
