@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import keystores
 import yaml
 from keyvault_server import Pki, make_pki
 
 from ppml.keys.local import LocalKms
 
-FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 PASSPHRASE = "broker test passphrase"
 SIMULATED_POLICY = {"name": "dev", "keys": ["local:tpch*"], "release_lifetime": "10m",
                     "allow": [{"type": "simulated", "claims": {"app": "tpch"}}]}
@@ -37,14 +37,8 @@ def free_port() -> int:
 
 
 def make_keystore(folder: Path, *names: str) -> LocalKms:
-    folder.mkdir(parents=True, exist_ok=True)
-    kms = LocalKms(folder / "keystore.json", PASSPHRASE)
-    kms.create_store(kdf=FAST_KDF)
-    for name in names:
-        kms.create_key(name)
-    (folder / "passphrase").write_text(PASSPHRASE)
-    os.chmod(folder / "passphrase", 0o600)
-    return kms
+    """``folder/keystore.json`` with keys ``names``, its passphrase in ``folder/passphrase``."""
+    return keystores.make_keystore(folder / "keystore.json", PASSPHRASE, *names, passphrase_file=folder / "passphrase")
 
 
 class BrokerProcess:

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# Argon2id parameters that make a test key store open in milliseconds (never use these for real stores).
-TREE_FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
-
 
 @pytest.fixture
 def tree_kms(tmp_path):
@@ -18,14 +15,12 @@ def tree_kms(tmp_path):
     The process-wide cache of unwrapped keys is cleared before and after, so tests cannot pass on keys
     another test unwrapped.
     """
+    from keystores import make_keystore
+
     from ppml.keys.keyring import clear_cache
-    from ppml.keys.local import LocalKms
 
     clear_cache()
-    kms = LocalKms(tmp_path / "ks.json", "pw")
-    kms.create_store(kdf=TREE_FAST_KDF)
-    kms.create_key("default")
-    yield kms
+    yield make_keystore(tmp_path / "ks.json", "pw", "default")
     clear_cache()
 
 
@@ -79,20 +74,15 @@ def spark_session():
 @pytest.fixture
 def spark_keys(tmp_path):
     """A fast key store, its passphrase in a 0600 file (how executors read it), and a data-key file."""
-    from ppml.keys.datakey_file import DataKeyFile
+    from keystores import make_data_key, make_keystore
+
     from ppml.keys.keyring import clear_cache
-    from ppml.keys.local import LocalKms
+    from ppml.keys.settings import KeySettings
 
     clear_cache()
     password_file = tmp_path / "keystore.pass"
-    password_file.write_text("spark-test-passphrase")
-    password_file.chmod(0o600)
-    kms = LocalKms(tmp_path / "ks.json", "spark-test-passphrase")
-    kms.create_store(kdf=TREE_FAST_KDF)
-    kms.create_key("default")
-    key, wrapped = kms.generate_data_key("default")
-    DataKeyFile.new(key.key_id, (wrapped,)).save(tmp_path / "dk.json")
-    from ppml.keys.settings import KeySettings
+    kms = make_keystore(tmp_path / "ks.json", "spark-test-passphrase", "default", passphrase_file=password_file)
+    key, _ = make_data_key(kms, "default", tmp_path / "dk.json")
 
     settings = KeySettings(keystore=str(tmp_path / "ks.json"), passphrase=f"file:{password_file}")
     return {"kms": kms, "keystore": str(tmp_path / "ks.json"), "password_file": str(password_file),
@@ -115,19 +105,14 @@ def tpch_plain(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tpch_encrypted(tpch_plain, tmp_path_factory) -> dict[str, Path]:
     """The scale 0.01 tables encrypted with ``aes_gcm_stream`` under a fresh key store and data key."""
+    from keystores import make_data_key, make_keystore
+
     from ppml.io.files import encrypt
-    from ppml.keys.datakey_file import DataKeyFile
-    from ppml.keys.local import LocalKms
 
     root = tmp_path_factory.mktemp("tpch-keys")
     password_file = root / "keystore.pass"
-    password_file.write_text("tpch-test-passphrase")
-    password_file.chmod(0o600)
-    kms = LocalKms(root / "ks.json", "tpch-test-passphrase")
-    kms.create_store(kdf=TREE_FAST_KDF)
-    kms.create_key("tpch")
-    key, wrapped = kms.generate_data_key("tpch")
-    DataKeyFile.new(key.key_id, (wrapped,)).save(root / "dk.json")
+    kms = make_keystore(root / "ks.json", "tpch-test-passphrase", "tpch", passphrase_file=password_file)
+    key, wrapped = make_data_key(kms, "tpch", root / "dk.json")
     encrypt(str(tpch_plain), str(root / "encrypted"), key=key, envelope=(wrapped,), segment_size=64 * 1024)
     return {"plain": tpch_plain, "encrypted": root / "encrypted", "keystore": root / "ks.json",
             "password_file": password_file, "data_key": root / "dk.json"}
@@ -222,3 +207,16 @@ def azurite_container(azurite_connection_string, monkeypatch) -> str:
     name = f"t{uuid.uuid4().hex[:20]}"
     adlfs.AzureBlobFileSystem(connection_string=azurite_connection_string, skip_instance_cache=True).mkdir(name)
     return name
+
+
+@pytest.fixture
+def restored_registry(monkeypatch):
+    """Call it with a :class:`ppml.registry.Registry` to get that registry back as it was after the test, so
+    tests may register and replace entries."""
+
+    def restore(registry):
+        for attribute in ("_known", "_loaded", "_aliases"):
+            monkeypatch.setattr(registry, attribute, dict(getattr(registry, attribute)))
+        return registry
+
+    return restore

@@ -166,7 +166,7 @@ def test_simulated_round_trip_warns_every_time(tmp_path):
         assert result.binds(nonce, public_key) and not result.binds(os.urandom(32), public_key)
     (tmp_path / "sim.json").write_text(json.dumps(evidence.to_json()))
     with pytest.warns(PpmlInsecureWarning):
-        document = ok(run(tmp_path / "sim.json", "--type", "simulated"))
+        document = ok(run(tmp_path / "sim.json", "--type", "Simulated"))  # names are case-insensitive
     assert document["simulated"] is True and document["warnings"]
 
 

@@ -528,6 +528,21 @@ def test_cli_keys_end_to_end(keyvault, azure_identity_env, tmp_path, monkeypatch
     assert [v["version"] for v in described["key"]["versions"]] == [v1, v2]
     listed = json.loads(cli.run("keys", "list", "--kms", "azure", "--vault", "kv1", "--json").stdout)
     assert [k["name"] for k in listed["keys"]] == ["tpch"]
+    # Retiring disables a version no file uses any more; the current version cannot be retired.
+    (tmp_path / "empty").mkdir()
+    current = cli.run("keys", "retire", v2, *kv, "--scan", "empty", "--confirm", "tpch", expect=2)
+    assert "current version" in current.stderr
+    retired = json.loads(cli.run("keys", "retire", v1, *kv, "--scan", "enc", "--scan", ".", "--confirm", "tpch",
+                                 "--json", expect=7).stdout or "{}")  # dk.json still names v1
+    assert retired == {}
+    cli.run("rewrap", "dk.json", *kv)
+    retired = json.loads(cli.run("keys", "retire", v1, *kv, "--scan", "enc", "--scan", ".", "--confirm", "tpch",
+                                 "--json").stdout)
+    assert {v["version"]: v["state"] for v in retired["key"]["versions"]} == {v1: "disabled", v2: "enabled"}
+    rekeyed = json.loads(cli.run("rekey", "enc", *kv, "--out-data-key", "dk2.json", "--json", env=with_vault).stdout)
+    assert rekeyed["files"] == 2
+    cli.run("decrypt", "enc", "out-rekeyed", env=with_vault)
+    assert (tmp_path / "out-rekeyed" / "a.csv").read_bytes() == b"id,v\n1,2\n"
 
     unset = cli.run("decrypt", "enc", "out3", expect=5)
     assert "no 'azure' key management service is configured" in unset.stderr  # no vault given: none contacted

@@ -311,6 +311,24 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
             load_config(process.config_path)
 
 
+def test_config_names_verifiers_by_their_evidence_type(tmp_path):
+    import yaml
+
+    from ppml.broker.config import load_config
+    from ppml.errors import ConfigError as Config
+
+    process = BrokerProcess(tmp_path / "conf")
+    config = yaml.safe_load(process.config_path.read_text())
+    process.config_path.write_text(yaml.safe_dump({**config, "verifiers": {"Simulated": {}, "SGX": {}}}))
+    # Evidence names its type "simulated": the broker must find that verifier, and warn that it is enabled.
+    assert load_config(process.config_path).verifiers == {"simulated": {}, "sgx": {}}
+    for verifiers, message in (({"sgx": {}, "SGX": {}}, "sgx is named twice"),
+                               ({"sev": {}}, "unknown evidence type 'sev'")):
+        process.config_path.write_text(yaml.safe_dump({**config, "verifiers": verifiers}))
+        with pytest.raises(Config, match=message):
+            load_config(process.config_path)
+
+
 def test_report_data_must_be_exactly_the_binding_then_zeros(broker):
     _, wrapped = broker.keystore.generate_data_key("tpch")
     ephemeral = EphemeralKey()

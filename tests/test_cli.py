@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from keystores import make_keystore
 
 from ppml.io import files
 from ppml.keys.keyring import KeyRing, clear_cache
@@ -30,7 +31,9 @@ PLAIN = {"x.csv": b"id,amount\n1,10.5\n2,20.25\n", "sub/y.csv": b"k,v\n" + b"a,1
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The data files of a tree (its data-set manifests left out)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "_ppml_manifest" not in p.parts}
 
 
 def mode_of(path: Path) -> int:
@@ -51,9 +54,7 @@ class Cli:
 
     def fast_keystore(self) -> None:
         """Create ``ks.json`` in-process with cheap Argon2id settings (``keys init`` is tested on its own)."""
-        kms = LocalKms(self.root / "ks.json", PASSPHRASE)
-        kms.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
-        kms.create_key("default")
+        make_keystore(self.root / "ks.json", PASSPHRASE, "default")
 
     def _environment(self, overrides: dict[str, str | None] | None) -> dict[str, str]:
         env = dict(self.env)
@@ -197,6 +198,7 @@ def test_folder_encrypt_verify_decrypt_json(cli_ws):
 
     checked = doc_of(cli.run("verify", "tree", "--json"), "verify")
     assert checked["ok"] is True and all(d["ok"] for d in checked["details"]) and checked["files"] == len(PLAIN)
+    assert checked["dataset"]["version"] == 1 and checked["dataset"]["members"] == len(PLAIN)
     doc_of(cli.run("decrypt", "tree", "tree-plain", "--json"), "decrypt")
     assert tree_bytes(cli.root / "tree-plain") == PLAIN
 
@@ -247,39 +249,38 @@ def test_rotate_rewrap_retire_rekey(tmp_path):
     assert cli.run("keys", "data-key", "--out", "dk.json").returncode == 0
     _, old_key = cli.learn_data_key(tmp_path / "dk.json")
     write_plain(tmp_path / "plain")
-    doc_of(cli.run("encrypt", "plain", "enc", "--data-key", "dk.json", "--json"), "encrypt")
-    (tmp_path / "enc" / "keys").mkdir()
-    shutil.copy2(tmp_path / "dk.json", tmp_path / "enc" / "keys" / "dk.json")  # a data-key file in the tree
+    doc_of(cli.run("encrypt", "plain", "tree/enc", "--data-key", "dk.json", "--json"), "encrypt")
+    (tmp_path / "tree" / "keys").mkdir()
+    shutil.copy2(tmp_path / "dk.json", tmp_path / "tree" / "keys" / "dk.json")  # a data-key file in the tree
 
     rotated = doc_of(cli.run("keys", "rotate", "--json"), "keys.rotate")
     assert rotated["key"]["current_version"] == "2"
 
-    refused = cli.run("keys", "retire", "1", "--scan", "enc", "--confirm", "default")
+    refused = cli.run("keys", "retire", "1", "--scan", "tree", "--confirm", "default")
     assert refused.returncode == 7 and "local:default#v1" in refused.stderr
 
-    rewrapped = doc_of(cli.run("rewrap", "enc", "--json"), "rewrap")
-    assert rewrapped["usage"] == {"local:default#v2": len(PLAIN) + 1}
+    rewrapped = doc_of(cli.run("rewrap", "tree", "--json"), "rewrap")
+    # the data files, the data-key file and the data set's manifest
+    assert rewrapped["usage"] == {"local:default#v2": len(PLAIN) + 2}
     assert {d["status"] for d in rewrapped["details"]} == {"rewrapped"}
-    assert mode_of(tmp_path / "enc" / "keys" / "dk.json") == 0o600
+    assert mode_of(tmp_path / "tree" / "keys" / "dk.json") == 0o600
 
-    retired = doc_of(cli.run("keys", "retire", "1", "--scan", "enc", "--confirm", "default", "--json"),
+    retired = doc_of(cli.run("keys", "retire", "1", "--scan", "tree", "--confirm", "default", "--json"),
                      "keys.retire")
     assert retired["retired"] == "local:default#v1"
 
-    rekeyed = doc_of(cli.run("rekey", "enc", "--out-data-key", "dk2.json", "--json"), "rekey")
+    rekeyed = doc_of(cli.run("rekey", "tree", "--out-data-key", "dk2.json", "--json"), "rekey")
     assert rekeyed["files"] == len(PLAIN) and mode_of(tmp_path / "dk2.json") == 0o600
     _, new_key = cli.learn_data_key(tmp_path / "dk2.json")
     assert new_key.key_id == rekeyed["key_id"] != old_key.key_id
 
     old, decrypted = cli.run_many(
-        ("decrypt", "enc/x.csv.ppml", "old.csv", "--data-key", "enc/keys/dk.json"),
-        ("decrypt", "enc", "dec", "--data-key", "dk2.json", "--json"),
+        ("decrypt", "tree/enc/x.csv.ppml", "old.csv", "--data-key", "tree/keys/dk.json"),
+        ("decrypt", "tree/enc", "dec", "--data-key", "dk2.json", "--json"),
     )
     assert old.returncode == 5 and "not the key" in old.stderr  # the old data key no longer opens them
-    doc_of(decrypted, "decrypt")
-    plain_back = tree_bytes(tmp_path / "dec")
-    assert plain_back.pop("keys/dk.json") == (tmp_path / "enc" / "keys" / "dk.json").read_bytes()  # copied as is
-    assert plain_back == PLAIN
+    assert doc_of(decrypted, "decrypt")["files"] == len(PLAIN)
+    assert tree_bytes(tmp_path / "dec") == PLAIN
 
 
 # -- help and demo -----------------------------------------------------------------------------------
@@ -347,3 +348,79 @@ def test_standard_input_and_output_streams(cli_ws):
     for args in (["encrypt", "-", "-", "--data-key", str(cli_ws.root / "dk.json")], ["decrypt", "-", "out.txt"]):
         refused = subprocess.run([*ppml, *args], input=data, env=env, capture_output=True, cwd=cli_ws.root)
         assert refused.returncode == 2 and not (cli_ws.root / "-").exists(), refused.stderr
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    import typer
+
+    from ppml.cli.main import app
+
+    paths = []
+
+    def walk(command, prefix: tuple[str, ...]) -> None:
+        children = getattr(command, "commands", None)
+        if not children:
+            paths.append(prefix)
+        for name, child in (children or {}).items():
+            walk(child, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return paths
+
+
+def test_every_help_is_whole_in_80_columns():
+    """No option name, metavar or line is cut in an 80-column terminal (rich marks cuts with an ellipsis)."""
+    from typer.testing import CliRunner
+
+    from ppml.cli.main import app
+
+    paths = _command_paths()
+    assert len(paths) > 25
+    for path in [(), *paths]:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "…" not in result.output, (path, result.output)
+        assert max(map(len, result.output.splitlines())) <= 80, path
+
+
+def test_integrity_failures_exit_4_on_every_verb(cli_ws):
+    """Exit codes come from the error classes: a damaged file is an integrity failure (4) whatever the verb."""
+    cli = cli_ws
+    shutil.copytree(cli.root / "enc", cli.root / "damaged")
+    victim = cli.root / "damaged" / "x.csv.ppml"
+    body = bytearray(victim.read_bytes())
+    body[-1] ^= 1
+    victim.write_bytes(bytes(body))
+    header = bytearray(victim.read_bytes())
+    header[0] ^= 1  # no PPML magic: a file named like an encrypted one that is not
+    (cli.root / "damaged-header.csv.ppml").write_bytes(bytes(header))
+    decrypt, verify, rekey, inspect = cli.run_many(
+        ("decrypt", "damaged", "out-damaged"),
+        ("verify", "damaged"),
+        ("rekey", "damaged", "--out-data-key", "dk-damaged.json"),
+        ("inspect", "damaged-header.csv.ppml"),
+    )
+    for proc in (decrypt, verify, rekey, inspect):
+        assert proc.returncode == 4, (proc.args, proc.stderr)
+    assert "x.csv.ppml" in rekey.stderr and "segment" in rekey.stderr
+    assert not (cli.root / "out-damaged").exists()
+
+
+def test_format_names_are_not_literals_outside_the_format_modules():
+    """Callers ask a format what it can do instead of testing its name (constants name the defaults)."""
+    import ast
+
+    from ppml.crypto.formats import _FORMATS, available_formats
+
+    source = Path(__file__).resolve().parents[1] / "src" / "ppml"
+    names = {n.lower() for n in available_formats()} | {"aes_cbc_pkcs5padding"}  # "plaintext" is also a word
+    allowed = {"crypto/formats.py", "crypto/gcm_stream_format.py", "crypto/bigdl_cbc_format.py", "crypto/plain_format.py"}
+    found = []
+    for path in sorted(source.rglob("*.py")):
+        relative = path.relative_to(source).as_posix()
+        if relative in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in names:
+                found.append(f"{relative}:{node.lineno}: {node.value!r}")
+    assert _FORMATS.names() and not found, found

@@ -12,23 +12,21 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from keystores import FAST_KDF, make_keystore
 from keyvault_server import keyvault, keyvault_session  # noqa: F401  (fixtures for the azure backend)
 from softhsm import softhsm, softhsm_token  # noqa: F401  (fixtures for the pkcs11 backend)
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.errors import AlreadyExistsError, KeyAccessError, NotFoundError, UsageError
+from ppml.errors import AlreadyExistsError, KeyAccessError, NotFoundError, UsageError, WrongKeyError
+from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.keyring import KeyRing, clear_cache
 from ppml.keys.kms import KeyManagementService, available_kms, kms_class, open_kms
 from ppml.keys.local import LocalKms
 
-FAST_KDF = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
-
 
 def _local(tmp_path, request=None) -> LocalKms:
-    kms = LocalKms(tmp_path / "ks.json", "correct horse")
-    kms.create_store(kdf=FAST_KDF)
-    return kms
+    return make_keystore(tmp_path / "ks.json", "correct horse")
 
 
 def _azure(tmp_path, request) -> KeyManagementService:
@@ -115,7 +113,42 @@ def test_describe_never_shows_material(kms):
     assert "redacted" in repr(key)
 
 
-def test_keyring_caches_and_reports_every_failure(kms, tmp_path):
+def _counting(kms: KeyManagementService, *, cacheable: bool) -> list[WrappedKey]:
+    """Make ``kms`` record every unwrap it is asked for (in the returned list), and say whether its keys may be
+    cached; it stays the same backend otherwise."""
+    calls: list[WrappedKey] = []
+
+    class Counting(type(kms)):
+        def unwrap(self, wrapped: WrappedKey) -> DataKey:
+            calls.append(wrapped)
+            return super().unwrap(wrapped)
+
+    Counting.cacheable = cacheable
+    kms.__class__ = Counting
+    return calls
+
+
+def test_keyring_unwraps_a_key_once_per_process(kms):
+    calls = _counting(kms, cacheable=True)
+    key, wrapped = kms.generate_data_key("contract")
+    assert KeyRing([kms]).unwrap([wrapped], name="f1") == key
+    assert KeyRing([kms]).unwrap([wrapped], name="f2") == key  # another ring: the cache is the process's
+    assert calls == [wrapped]
+    clear_cache()
+    assert KeyRing([kms]).unwrap([wrapped], name="f3") == key
+    assert calls == [wrapped, wrapped]
+
+
+def test_keyring_asks_a_backend_that_is_not_cacheable_every_time(kms):
+    calls = _counting(kms, cacheable=False)
+    key, wrapped = kms.generate_data_key("contract")
+    ring = KeyRing([kms])
+    assert ring.unwrap([wrapped], name="f1") == key
+    assert ring.unwrap([wrapped], name="f2") == key
+    assert calls == [wrapped, wrapped]
+
+
+def test_keyring_reports_every_failure(kms):
     key, wrapped = kms.generate_data_key("contract")
     foreign = WrappedKey("nowhere", "k", "1", b"\x00" * 40)
     ring = KeyRing([kms], open_backend=lambda name: None)
@@ -131,6 +164,17 @@ def test_keyring_checks_the_data_key_id(kms):
     clear_cache()
     with pytest.raises(KeyAccessError, match="id"):
         KeyRing([kms]).unwrap([wrapped], name="dk.json", key_id="0" * 32)
+
+
+def test_keyring_checks_the_data_key_id_of_a_cached_key(kms, tmp_path):
+    key, wrapped = kms.generate_data_key("contract")
+    DataKeyFile.new(key.key_id, [wrapped]).save(tmp_path / "real.json")
+    ring = KeyRing([kms])
+    assert ring.open_data_key_file(str(tmp_path / "real.json"))[1] == key  # now cached
+    # The same wrapped key under another key's id: a file edited, or assembled from two files.
+    DataKeyFile.new(DataKey.generate().key_id, [wrapped]).save(tmp_path / "edited.json")
+    with pytest.raises(WrongKeyError, match=f"has id {key.key_id}, but the file names"):
+        ring.open_data_key_file(str(tmp_path / "edited.json"))
 
 
 # -- local key store specifics --------------------------------------------------------------------------

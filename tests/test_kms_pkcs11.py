@@ -245,6 +245,19 @@ def test_cli_keys_and_files_with_an_hsm_key(softhsm_token, tmp_path, monkeypatch
     assert main(["keys", "list", "--kms", "pkcs11", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["token"] == softhsm_token.label and listed["keys"][0]["name"] == "tpch"
+    # Rotation, re-wrapping, retiring and re-keying work with the HSM as with any primary KMS.
+    hsm = ["--kms", "pkcs11", "--key-name", "tpch"]
+    assert main(["keys", "rotate", *hsm]) == 0
+    assert main(["keys", "retire", "1", *hsm, "--scan", str(tmp_path), "--confirm", "tpch"]) == 7  # still in use
+    assert main(["rewrap", str(tmp_path), *hsm]) == 0
+    assert main(["keys", "retire", "1", *hsm, "--scan", str(tmp_path), "--confirm", "tpch"]) == 0
+    capsys.readouterr()
+    assert main(["rekey", str(tmp_path / "a.ppml"), *hsm, "--out-data-key", str(tmp_path / "dk2.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == 1
+    assert json.loads((tmp_path / "dk2.json").read_text())["envelope"][0]["version"] == "2"
+    clear_cache()
+    assert main(["decrypt", str(tmp_path / "a.ppml"), str(tmp_path / "d.txt")]) == 0
+    assert (tmp_path / "d.txt").read_bytes() == b"hsm protected\n"
     monkeypatch.delenv("PPML_PKCS11_TOKEN")
     clear_cache()
     assert main(["decrypt", str(tmp_path / "a.ppml"), str(tmp_path / "c.txt")]) == 5

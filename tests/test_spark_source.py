@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import re
 import json
 import os
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -228,11 +228,9 @@ def test_bigdl_cbc_read_and_write(ctx, tmp_path, monkeypatch):
 
 def test_wrong_key_store_fails_with_a_clear_error(ctx, encrypted_table, tmp_path):
     enc, _ = encrypted_table
-    from ppml.keys.local import LocalKms
+    from keystores import make_keystore
 
-    other = LocalKms(tmp_path / "other.json", "spark-test-passphrase")
-    other.create_store(kdf={"memory_kib": 1024, "iterations": 1, "lanes": 1})
-    other.create_key("default")
+    make_keystore(tmp_path / "other.json", "spark-test-passphrase", "default")
     stranger = PPMLContext(ctx.spark, keys=ctx.keys.replace(keystore=str(tmp_path / "other.json")))
     with pytest.raises(PySparkException) as info:
         stranger.read().option("header", True).schema(SCHEMA).csv(str(enc)).count()

@@ -9,6 +9,7 @@ missing optional dependency names the extra to install, and nothing is replaced 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
@@ -73,8 +74,11 @@ class Registry(Generic[T]):
             try:
                 self._loaded[canonical] = getattr(importlib.import_module(module), cls_name)
             except ImportError as exc:
+                # A module that did import but lacks a name ("cannot import name ...") is installed, only too old.
+                missing = (f"a newer {exc.name.partition('.')[0]} than the one installed"
+                           if exc.name in sys.modules else f"packages that are not installed ({exc.name})")
                 raise ConfigError(
-                    f"the {canonical!r} {self.what} needs packages that are not installed ({exc.name})",
+                    f"the {canonical!r} {self.what} needs {missing}",
                     hint=f"pip install 'ppml[{extra}]'" if extra else None,
                 ) from None
         return self._loaded[canonical]
@@ -95,8 +99,9 @@ class Registry(Generic[T]):
                 continue
             if existing in self._known and self._known[existing][0] == target and existing not in self._loaded:
                 continue
-            raise ValueError(f"a {self.what} named {candidate!r} is already registered; pass replace=True to "
-                             "replace it")
+            article = "an" if self.what[:1].lower() in "aeiou" else "a"
+            raise ValueError(f"{article} {self.what} named {candidate!r} is already registered; pass replace=True "
+                             "to replace it")
         stale = taken.get(name.lower())
         if stale is not None and stale != name:  # replacing under another spelling: one entry per name
             self._known.pop(stale, None)

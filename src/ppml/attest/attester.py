@@ -8,14 +8,13 @@ settings that hold no secret.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from ppml.attest.evidence import Evidence
-from ppml.errors import ConfigError, UsageError
+from ppml.registry import Registry
 
-__all__ = ["Attester", "open_attester", "available_attesters"]
+__all__ = ["Attester", "register_attester", "open_attester", "available_attesters"]
 
 
 class Attester(ABC):
@@ -34,27 +33,27 @@ class Attester(ABC):
         """
 
 
-_KNOWN: dict[str, str] = {
-    "simulated": "ppml.attest.simulated:SimulatedAttester",
-    "tpm": "ppml.attest.tpm_attester:TpmAttester",
-    "sgx-gramine": "ppml.attest.tee_attesters:GramineSgxAttester",
-    "tdx": "ppml.attest.tee_attesters:TdxAttester",
-    "command": "ppml.attest.tee_attesters:CommandAttester",
-}
+_ATTESTERS: Registry[Attester] = Registry(
+    "attester",
+    known={
+        "simulated": ("ppml.attest.simulated:SimulatedAttester", "attest"),
+        "tpm": ("ppml.attest.tpm_attester:TpmAttester", "attest"),
+        "sgx-gramine": ("ppml.attest.tee_attesters:GramineSgxAttester", "attest"),
+        "tdx": ("ppml.attest.tee_attesters:TdxAttester", "attest"),
+        "command": ("ppml.attest.tee_attesters:CommandAttester", "attest"),
+    },
+)
+
+
+def register_attester(cls: type[Attester], *, replace: bool = False) -> None:
+    """Register an attester class under ``cls.name``; refuses to replace one silently."""
+    _ATTESTERS.register(cls, replace=replace)
 
 
 def open_attester(name: str, **settings: Any) -> Attester:
-    """The attester registered as ``name`` configured with ``settings``."""
-    if name not in _KNOWN:
-        raise UsageError(f"unknown attester {name!r}", hint="choose one of: " + ", ".join(available_attesters()))
-    module, _, cls_name = _KNOWN[name].partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), cls_name)
-    except ImportError as exc:
-        raise ConfigError(f"the {name!r} attester needs packages that are not installed ({exc.name})",
-                          hint="pip install 'ppml[attest]'") from None
-    return cls(**settings)
+    """The attester registered as ``name`` (case-insensitive) configured with ``settings``."""
+    return _ATTESTERS.get(name)(**settings)
 
 
 def available_attesters() -> list[str]:
-    return sorted(_KNOWN)
+    return _ATTESTERS.names()

@@ -39,13 +39,7 @@ from typing import Any, ClassVar
 
 import dcap_qvl
 
-from ppml.attest.evidence import (
-    MAX_EVIDENCE_SIZE,
-    Evidence,
-    EvidenceVerifier,
-    VerifiedEvidence,
-    b64decode_field,
-)
+from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence, b64decode_field
 from ppml.errors import AttestationError, ConfigError
 
 __all__ = ["SgxVerifier", "TdxVerifier", "TEE_SGX", "TEE_TDX"]
@@ -130,12 +124,7 @@ class _DcapVerifier(EvidenceVerifier):
         self._collateral = (None if collateral is None
                             else _load_collateral(collateral, what="the collateral setting", files=True))
 
-    def verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
-        if at.tzinfo is None:
-            raise ValueError("at must be a timezone-aware datetime")
-        if evidence.type != self.type:
-            raise AttestationError(f"{evidence.type!r} evidence was given to the {self.type} verifier: "
-                                   f"verify it with the {evidence.type!r} verifier")
+    def _verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
         quote = b64decode_field(evidence.payload, "quote", evidence_type=self.type)
         version = self._check_header(quote)
         if self._collateral is not None:
@@ -162,9 +151,6 @@ class _DcapVerifier(EvidenceVerifier):
                                 warnings=warnings)
 
     def _check_header(self, quote: bytes) -> int:
-        if len(quote) > MAX_EVIDENCE_SIZE:
-            raise AttestationError(f"the {self.type} quote is {len(quote)} bytes, more than {MAX_EVIDENCE_SIZE}: "
-                                   "send the quote alone")
         if len(quote) < _HEADER_SIZE:
             raise AttestationError(f"the {self.type} quote is {len(quote)} bytes, shorter than its 48-byte header: "
                                    "send the whole quote")

@@ -21,15 +21,15 @@ import base64
 import binascii
 import hashlib
 import hmac
-import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, ClassVar
+from datetime import datetime, timezone
+from typing import Any, ClassVar, final
 
-from ppml.errors import AttestationError, ConfigError, UsageError
+from ppml.errors import AttestationError
+from ppml.registry import Registry
 
 __all__ = [
     "Evidence",
@@ -144,54 +144,98 @@ class VerifiedEvidence:
 class EvidenceVerifier(ABC):
     """Checks one type of evidence.
 
-    Subclasses set :attr:`type` and implement :meth:`verify`. They are built from keyword settings
-    (each documents its own, e.g. trusted signing keys or CA certificates) and must be safe to call
-    from several threads.
+    Subclasses set :attr:`type` and implement :meth:`_verify`; callers use :meth:`verify`, which every
+    verifier shares so that none can skip its checks. Verifiers are built from keyword settings (each
+    documents its own, e.g. trusted signing keys or CA certificates) and must be safe to call from several
+    threads.
     """
 
     type: ClassVar[str]
 
-    @abstractmethod
-    def verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
-        """Verify ``evidence`` as of time ``at`` (timezone-aware).
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A verifier that overrode verify() would bypass the shared checks (one whose evidence states no time
+        # would then take any `at`): refuse it when the class is defined, not when some evidence slips through.
+        if "verify" in vars(cls):
+            raise TypeError(f"{cls.__qualname__} overrides EvidenceVerifier.verify: implement _verify instead, "
+                            "so that the checks every verifier shares still run")
 
-        Raises :class:`~ppml.errors.AttestationError` saying which check failed; never returns
-        unverified claims.
+    @final
+    def verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
+        """Verify ``evidence`` as of time ``at``.
+
+        Checks what every type shares, then hands over to the type's own checks (:meth:`_verify`).
+
+        Parameters
+        ----------
+        evidence
+            Evidence of this verifier's :attr:`type`, at most :data:`MAX_EVIDENCE_SIZE` bytes as JSON.
+        at
+            The time to verify at: a timezone-aware :class:`~datetime.datetime`. Stored evidence can be
+            re-checked as of the time it was made.
+
+        Returns
+        -------
+        VerifiedEvidence
+            The claims the evidence proves; never unverified claims.
+
+        Raises
+        ------
+        AttestationError
+            Saying which check failed.
+        TypeError, ValueError
+            When ``at`` is not a timezone-aware datetime (a mistake of the calling code, not of the evidence).
+        """
+        if not isinstance(at, datetime):
+            raise TypeError(f"at must be a timezone-aware datetime, not {type(at).__name__}: pass e.g. "
+                            "datetime.now(timezone.utc)")
+        if at.utcoffset() is None:
+            raise ValueError(f"at must be a timezone-aware datetime, not the naive {at.isoformat()}: give it a "
+                             "time zone, e.g. at.replace(tzinfo=timezone.utc)")
+        if evidence.type != self.type:
+            raise AttestationError(f"{evidence.type!r} evidence was given to the {self.type} verifier: "
+                                   f"verify it with the {evidence.type!r} verifier")
+        try:
+            size = len(json.dumps(evidence.to_json(), separators=(",", ":")).encode())
+        except (TypeError, ValueError):
+            raise AttestationError(f"{self.type} evidence is not a JSON document: send the fields as JSON "
+                                   "text, numbers, lists and objects") from None
+        if size > MAX_EVIDENCE_SIZE:
+            raise AttestationError(f"{self.type} evidence is {size} bytes of JSON, more than {MAX_EVIDENCE_SIZE}: "
+                                   "send the evidence alone (a quote, its collateral, a token), nothing else")
+        return self._verify(evidence, at=at.astimezone(timezone.utc))
+
+    @abstractmethod
+    def _verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
+        """The checks of this evidence type, as of ``at``.
+
+        :meth:`verify` has already checked the type, size and ``at``, which is a UTC datetime here. Each type
+        checks its own notion of freshness against ``at`` (collateral validity, token expiry, certificate
+        validity). Raises :class:`~ppml.errors.AttestationError` saying which check failed.
         """
 
 
-_KNOWN: dict[str, str] = {
-    "sgx": "ppml.attest.dcap:SgxVerifier",
-    "tdx": "ppml.attest.dcap:TdxVerifier",
-    "maa": "ppml.attest.maa:MaaVerifier",
-    "tpm": "ppml.attest.tpm:TpmVerifier",
-    "simulated": "ppml.attest.simulated:SimulatedVerifier",
-}
-_REGISTERED: dict[str, type[EvidenceVerifier]] = {}
+_VERIFIERS: Registry[EvidenceVerifier] = Registry(
+    "evidence type",
+    attribute="type",
+    known={
+        "sgx": ("ppml.attest.dcap:SgxVerifier", "attest"),
+        "tdx": ("ppml.attest.dcap:TdxVerifier", "attest"),
+        "maa": ("ppml.attest.maa:MaaVerifier", "attest"),
+        "tpm": ("ppml.attest.tpm:TpmVerifier", "attest"),
+        "simulated": ("ppml.attest.simulated:SimulatedVerifier", "attest"),
+    },
+)
 
 
 def register_verifier(cls: type[EvidenceVerifier], *, replace: bool = False) -> None:
     """Register a verifier class under ``cls.type``; refuses to replace one silently."""
-    existing = _REGISTERED.get(cls.type)
-    known = _KNOWN.get(cls.type)
-    name = f"{cls.__module__}:{cls.__qualname__}"
-    if not replace and ((existing is not None and existing is not cls) or (known and known != name)):
-        raise ValueError(f"an evidence verifier for {cls.type!r} is already registered")
-    _REGISTERED[cls.type] = cls
+    _VERIFIERS.register(cls, replace=replace)
 
 
 def verifier_class(evidence_type: str) -> type[EvidenceVerifier]:
-    if evidence_type not in _REGISTERED:
-        if evidence_type not in _KNOWN:
-            raise UsageError(f"unknown evidence type {evidence_type!r}",
-                             hint="choose one of: " + ", ".join(available_verifiers()))
-        module, _, cls_name = _KNOWN[evidence_type].partition(":")
-        try:
-            _REGISTERED[evidence_type] = getattr(importlib.import_module(module), cls_name)
-        except ImportError as exc:
-            raise ConfigError(f"verifying {evidence_type} evidence needs packages that are not installed ({exc.name})",
-                              hint="pip install 'ppml[attest]'") from None
-    return _REGISTERED[evidence_type]
+    """The verifier class registered for ``evidence_type`` (case-insensitive)."""
+    return _VERIFIERS.get(evidence_type)
 
 
 def open_verifier(evidence_type: str, **settings: Any) -> EvidenceVerifier:
@@ -200,4 +244,4 @@ def open_verifier(evidence_type: str, **settings: Any) -> EvidenceVerifier:
 
 
 def available_verifiers() -> list[str]:
-    return sorted(set(_KNOWN) | set(_REGISTERED))
+    return _VERIFIERS.names()

@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from ppml.attest.evidence import MAX_EVIDENCE_SIZE, Evidence, EvidenceVerifier, VerifiedEvidence
+from ppml.attest.evidence import Evidence, EvidenceVerifier, VerifiedEvidence
 from ppml.errors import AttestationError, ConfigError
 
 __all__ = ["MaaVerifier", "ALGORITHMS"]
@@ -141,18 +141,11 @@ class MaaVerifier(EvidenceVerifier):
         self._min_rsa_bits = min_rsa_bits
         self._leeway = leeway.total_seconds() if isinstance(leeway, timedelta) else float(leeway)
 
-    def verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
-        if at.tzinfo is None:
-            raise ValueError("at must be a timezone-aware datetime")
-        if evidence.type != self.type:
-            raise AttestationError(f"{evidence.type!r} evidence was given to the maa verifier: "
-                                   f"verify it with the {evidence.type!r} verifier")
+    def _verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
         token = evidence.payload.get("token")
         if not isinstance(token, str) or not token.strip():
             raise AttestationError("maa evidence lacks the field 'token' (the JWT MAA returned)")
         token = token.strip()
-        if len(token) > MAX_EVIDENCE_SIZE:
-            raise AttestationError(f"the MAA token is {len(token)} characters, more than {MAX_EVIDENCE_SIZE}")
         key, alg, kid = self._signing_key(token)
         try:
             # Times are checked below against `at`, not the wall clock, so stored evidence can be re-verified.

@@ -300,13 +300,8 @@ class TpmVerifier(EvidenceVerifier):
         self._anchors = _load_anchors(ca_certificates)
         self.pcr_bank = pcr_bank
 
-    def verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
+    def _verify(self, evidence: Evidence, *, at: datetime) -> VerifiedEvidence:
         """Verify a TPM quote as of ``at``; see the module docstring for the checks and claims."""
-        if at.tzinfo is None:
-            raise ValueError("at must be a timezone-aware datetime")
-        if evidence.type != self.type:
-            raise AttestationError(f"the tpm verifier cannot check {evidence.type!r} evidence",
-                                   hint="choose the verifier by the evidence's type")
         payload = evidence.payload
         quote_bytes = _b64_field(payload, "quote")
         signature = parse_signature(_b64_field(payload, "signature"))

@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ppml.attest.evidence import verifier_class
 from ppml.attest.policy import Policy, load_policies, parse_duration, read_yaml
-from ppml.errors import ConfigError, NotFoundError
+from ppml.errors import ConfigError, NotFoundError, UsageError
 from ppml.keys.settings import KeySettings
 
 __all__ = ["BrokerConfig", "Limits", "load_config"]
@@ -94,6 +95,22 @@ def _paths(settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
     return {k: _setting(k, v, base) for k, v in settings.items()}
 
 
+def _verifiers(raw: Mapping[Any, Any], *, where: str, base: Path) -> dict[str, dict[str, Any]]:
+    """Verifier settings by evidence type, each under its registered spelling: evidence names its type that
+    way, and the broker looks verifiers up by it."""
+    verifiers: dict[str, dict[str, Any]] = {}
+    for name, settings in raw.items():
+        try:
+            evidence_type = verifier_class(str(name)).type
+        except UsageError as exc:
+            raise ConfigError(f"{where}: verifiers: {exc.message}", hint=exc.hint) from None
+        if evidence_type in verifiers:
+            raise ConfigError(f"{where}: verifiers: {evidence_type} is named twice",
+                              hint="keep one entry per evidence type")
+        verifiers[evidence_type] = _paths(settings or {}, base)
+    return verifiers
+
+
 def load_config(path: str | Path) -> BrokerConfig:
     """Read and check a broker configuration file, policies included."""
     path = Path(path)
@@ -123,6 +140,7 @@ def load_config(path: str | Path) -> BrokerConfig:
     verifiers = raw.get("verifiers") or {}
     if not isinstance(verifiers, Mapping) or not verifiers:
         raise ConfigError(f"{where}: 'verifiers' must name the evidence types to accept, e.g. {{sgx: {{}}}}")
+    verifiers = _verifiers(verifiers, where=where, base=base)
     policy_paths = raw.get("policies") or []
     if not policy_paths:
         raise ConfigError(f"{where}: 'policies' must name policy files or folders; without them no key is released")
@@ -153,7 +171,7 @@ def load_config(path: str | Path) -> BrokerConfig:
         private_key=tls["private_key"],
         client_ca=tls.get("client_ca"),
         kms=tuple(_paths(k, base) for k in kms),
-        verifiers={str(t): _paths(s or {}, base) for t, s in verifiers.items()},
+        verifiers=verifiers,
         policies=policies,
         audit_log=_resolve(raw["audit_log"], base),
         limits=limits,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ppml.attest.evidence import MAX_EVIDENCE_SIZE, Evidence, available_verifiers, open_verifier
+from ppml.attest.evidence import MAX_EVIDENCE_SIZE, Evidence, available_verifiers, open_verifier, verifier_class
 from ppml.cli._common import emit_json, err
 from ppml.cli.options import VerifierChoice, verifier_options
 from ppml.errors import AttestationError, NotFoundError, UsageError
@@ -82,6 +82,7 @@ def verify(
     * `ppml attest verify token.jwt --type maa --jwks certs.json --issuer https://shareduks.uks.attest.azure.net`
     * `ppml attest verify evidence.json --type sgx --at 2025-07-15T00:00:00Z`
     """
+    evidence_type = verifier_class(evidence_type).type  # --type SGX: the registered spelling, as evidence has it
     settings = verification.settings(evidence_type)
     when = verification.time()
     verifier = open_verifier(evidence_type, **settings)

@@ -28,8 +28,9 @@ def init(
                                                             "broker releases.")] = "default",
     keystore: KeystoreOpt = None,
     passphrase_source: Annotated[str, typer.Option(
-        "--passphrase-source", metavar="SOURCE",
-        help="Where the broker reads the key store passphrase: env:VAR, file:PATH or azure-secret:VAULT/NAME.")
+        "--passphrase-source", metavar="SOURCE", show_default=False,
+        help="Where the broker reads the key store passphrase: env:VAR, file:PATH or an azure-secret: source. "
+             "Default: the variable PPML_KEYSTORE_PASSWORD of the broker.")
     ] = "env:PPML_KEYSTORE_PASSWORD",
     host: Annotated[Optional[list[str]], typer.Option(
         "--host", help="Name or address clients use (repeatable) [default: localhost, 127.0.0.1, this host].")] = None,
@@ -99,11 +100,13 @@ def policy_check(
 
     The binding of the evidence to a request's nonce is checked by the broker per request, not here.
     """
-    from ppml.attest.evidence import open_verifier
+    from ppml.attest.evidence import open_verifier, verifier_class
     from ppml.attest.policy import load_policy
     from ppml.cli.attest import read_evidence
     from ppml.errors import AttestationError
 
+    if evidence_type is not None:
+        evidence_type = verifier_class(evidence_type).type  # the registered spelling, as evidence has it
     rules = load_policy(policy)
     loaded = read_evidence(evidence, evidence_type)
     if config is not None:

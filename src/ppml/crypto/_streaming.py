@@ -129,12 +129,12 @@ class SegmentCipher:
         """Decrypt one segment into ``out`` (exactly ``len(ciphertext) - TAG_SIZE`` writable bytes).
 
         Raises :class:`InvalidTag` when it does not authenticate; ``out`` may then hold unauthenticated
-        plaintext, which the caller must discard. Allocates nothing per segment (cryptography >= 45 has
+        plaintext, which the caller must discard. Allocates nothing per segment (cryptography >= 47 has
         ``decrypt_into``; older versions decrypt and copy).
         """
         if len(ciphertext) < TAG_SIZE:
             raise InvalidTag
         if _HAS_DECRYPT_INTO:
             self._aead.decrypt_into(self._nonce(index, last), ciphertext, None, out)
-        else:  # pragma: no cover - cryptography < 45
+        else:  # pragma: no cover - cryptography < 47
             out[:] = self._aead.decrypt(self._nonce(index, last), ciphertext, None)

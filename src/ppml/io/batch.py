@@ -29,6 +29,8 @@ class Report:
     bytes: int = 0
     seconds: float = 0.0
     details: list[dict[str, object]] = field(default_factory=list)
+    #: The data set written or checked: id, version and manifest digest (``None`` for single files).
+    dataset: dict[str, object] | None = None
 
     def finish(self, started: float, *, status: str | None = None) -> Report:
         """Fill in the totals from :attr:`details` and the time since ``started`` (``perf_counter``).
@@ -41,9 +43,14 @@ class Report:
         self.seconds = time.perf_counter() - started
         return self
 
+    @property
+    def failures(self) -> list[dict[str, object]]:
+        """The details of the files that failed."""
+        return [d for d in self.details if d.get("ok") is False or d.get("status") == "failed"]
+
     def to_json(self) -> dict[str, object]:
         return {"operation": self.operation, "mode": self.mode, "files": self.files, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "details": self.details}
+                "seconds": round(self.seconds, 3), "dataset": self.dataset, "details": self.details}
 
 
 def copy_stream(reader: BinaryIO, writer: BinaryIO, progress: Progress | None = None) -> int:

@@ -174,6 +174,37 @@ class Location:
                 found.append((relative, int(info.get("size") or 0)))
         return sorted(found)
 
+    def create(self, data: bytes) -> None:
+        """Write a new file holding ``data``, whole or not at all; an existing file is never replaced.
+
+        Raises :class:`~ppml.errors.AlreadyExistsError` when the file exists (another writer got there first).
+        """
+        if self.is_local:
+            folder = os.path.dirname(self.path)
+            os.makedirs(folder, exist_ok=True)
+            staged = os.path.join(folder, f".{self.name}.ppml-partial-{os.urandom(4).hex()}")
+            with open(staged, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(staged, self.path)  # atomic, and fails when the name is taken
+            except FileExistsError:
+                raise AlreadyExistsError(f"{self.url} already exists") from None
+            finally:
+                os.unlink(staged)
+            return
+        try:
+            with self.errors():
+                if self.is_azure:  # one request that fails when the blob exists (If-None-Match: *)
+                    self.fs.pipe_file(self.path, data, overwrite=False)
+                elif self.fs.exists(self.path):
+                    raise FileExistsError(self.path)
+                else:
+                    self.fs.pipe_file(self.path, data)
+        except FileExistsError:
+            raise AlreadyExistsError(f"{self.url} already exists") from None
+
     def glob(self) -> list[Location]:
         """The locations matching this location's path as a glob pattern, sorted."""
         with self.errors():

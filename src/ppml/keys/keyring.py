@@ -1,7 +1,9 @@
 """Turning wrapped keys into data keys through whichever configured KMS can unwrap them.
 
-Unwrapped keys are cached in this process's memory only, keyed by the wrapped bytes, so a job that opens
-thousands of files under one data key calls its KMS once.
+Unwrapped keys are cached in this process's memory only, keyed by the wrapped copy, so a job that opens
+thousands of files under one data key calls its KMS once. Backends whose keys expire (the key broker's) say
+so with :attr:`~ppml.keys.kms.KeyManagementService.cacheable` and are asked every time; they keep their own
+cache for as long as a key is valid.
 """
 
 from __future__ import annotations

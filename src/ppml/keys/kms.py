@@ -32,8 +32,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class KeyVersionInfo:
+    """One version of a primary key.
+
+    Parameters
+    ----------
+    version
+        The version as the backend names it.
+    state
+        ``"enabled"``, or the backend's word for a version that no longer unwraps: ``"retired"`` (local key
+        store, PKCS#11) or ``"disabled"`` (Azure Key Vault, which retires a version by disabling it).
+    created
+        ISO 8601 creation time, or ``""`` where the backend keeps none (PKCS#11).
+    """
+
     version: str
-    state: str  # "enabled" | "retired"
+    state: str
     created: str
 
 

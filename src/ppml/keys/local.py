@@ -133,12 +133,15 @@ class LocalKms(KeyManagementService):
     def _passphrase(self) -> str:
         source = self._passphrase_source
         value = source() if callable(source) else source
-        if value is None:
-            value = os.environ.get(PASSWORD_ENV)
+        if value is None and os.environ.get(PASSWORD_ENV):
+            from ppml.keys.settings import read_secret_source  # settings builds on this module
+
+            value = read_secret_source(f"env:{PASSWORD_ENV}", what="key store passphrase")
         if not value:
             raise KeyAccessError(
                 f"the key store {self.path} needs its passphrase",
-                hint=f"set {PASSWORD_ENV}, or run the command in a terminal to be prompted",
+                hint=f"set {PASSWORD_ENV} or pass --passphrase-file FILE (in Python: LocalKms(passphrase=...)); "
+                     "an empty passphrase is refused",
             )
         return value
 
@@ -211,7 +214,7 @@ class LocalKms(KeyManagementService):
     def create_key(self, key_name: str = DEFAULT_KEY_NAME) -> PrimaryKeyInfo:
         if not key_name or any(c in key_name for c in "#|/\\ ") or len(key_name) > 128:
             raise UsageError(f"invalid key name {key_name!r}",
-                             hint="use letters, digits, '-', '_' and '.' (at most 128 characters)")
+                             hint="use 1 to 128 characters, none of them '#', '|', '/', '\\' or a space")
         with self._lock:
             if key_name in self._load()["keys"]:
                 raise AlreadyExistsError(f"primary key {key_name!r} already exists in {self.path}",
