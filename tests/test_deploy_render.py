@@ -34,17 +34,10 @@ def _ppml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A data-key file, a Kata policy, an MAA JWKS and a vTPM CA, as a user would have them."""
-    from ppml.keys.datakey_file import DataKeyFile
-    from ppml.keys.local import LocalKms
-
-    from conftest import TREE_FAST_KDF
+    from keystores import make_data_key, make_keystore
 
     root = tmp_path_factory.mktemp("deploy-inputs")
-    kms = LocalKms(root / "ks.json", "pw")
-    kms.create_store(kdf=TREE_FAST_KDF)
-    kms.create_key("tpch")
-    key, wrapped = kms.generate_data_key("tpch")
-    DataKeyFile.new(key.key_id, (wrapped,)).save(root / "dk.json")
+    key, _ = make_data_key(make_keystore(root / "ks.json", "pw", "tpch"), "tpch", root / "dk.json")
     (root / "policy.b64").write_text(base64.b64encode(b"package agent_policy\n\ndefault CreateContainerRequest := true\n")
                                      .decode())
     (root / "jwks.json").write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}))

@@ -17,6 +17,8 @@ app = typer.Typer(help="Deploy to Kubernetes/AKS: cluster objects, TEE node pool
 _TEE = "TEE profile"
 _AZ = "Azure and identities"
 _BROKER = "Key broker"
+_NAMES = "Azure names"
+_POOL = "Node pool"
 
 
 def _many(flag: str, metavar: str, help_text: str, panel: str):
@@ -43,7 +45,7 @@ def _pcrs(values: list[str]) -> dict[int, str]:
 def render(
     out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write (refused if it exists).")],
     image: Annotated[str, typer.Option("--image", metavar="IMAGE", help="ppml image, REGISTRY/ppml:TAG or "
-                                                                       "…@sha256:DIGEST.")],
+                                                                       "REPO@sha256:DIGEST.")],
     namespace: Annotated[str, typer.Option("--namespace", metavar="NAME", help="Namespace to create.")] = "ppml",
     tee: Annotated[str, typer.Option("--tee", metavar="PROFILE", rich_help_panel=_TEE,
                                      help="none, sgx, cvm or coco.")] = "none",
@@ -79,7 +81,8 @@ def render(
     broker_client_id: _one("--broker-client-id", "GUID", "Managed identity of the broker.", _BROKER) = None,
     broker_key: Annotated[str, typer.Option("--broker-key", metavar="NAME", rich_help_panel=_BROKER,
                                             help="Key Vault key whose data keys it releases.")] = "ppml",
-    broker_replicas: Annotated[int, typer.Option("--broker-replicas", metavar="N", rich_help_panel=_BROKER)] = 2,
+    broker_replicas: Annotated[int, typer.Option("--broker-replicas", metavar="N", rich_help_panel=_BROKER,
+                                                 help="Broker pods.")] = 2,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every object (secrets redacted); write "
                                                             "nothing.")] = False,
     force: ForceOpt = False,
@@ -135,20 +138,29 @@ def render(
 
 @app.command()
 def azure(
-    resource_group: Annotated[str, typer.Option("--resource-group", "-g", metavar="NAME")],
-    cluster: Annotated[str, typer.Option("--cluster", metavar="NAME", help="AKS cluster name.")],
-    vault: Annotated[str, typer.Option("--vault", metavar="NAME", help="Key Vault name.")],
-    storage_account: Annotated[str, typer.Option("--storage-account", metavar="NAME")],
-    location: Annotated[str, typer.Option("--location", "-l", metavar="REGION")] = "westeurope",
-    namespace: Annotated[str, typer.Option("--namespace", metavar="NAME")] = "ppml",
-    tee: Annotated[str, typer.Option("--tee", metavar="PROFILE", help="none, sgx, cvm or coco.")] = "sgx",
-    node_pool: Annotated[str, typer.Option("--node-pool", metavar="NAME", help="TEE node pool.")] = "teepool",
-    vm_size: Annotated[Optional[str], typer.Option("--vm-size", metavar="SIZE", help="[default: per profile: "
-                                                   "DC4s_v3, DC4as_v5, DC4as_cc_v5].")] = None,
-    node_count: Annotated[int, typer.Option("--node-count", min=1, max=100)] = 3,
-    container: Annotated[str, typer.Option("--container", metavar="NAME", help="Blob container.")] = "data",
-    key: Annotated[str, typer.Option("--key", metavar="NAME", help="Key Vault key wrapping data keys.")] = "ppml",
-    secret: _many("--secret", "NAME", "Key Vault secret Spark pods mount (repeatable).", _AZ) = None,
+    resource_group: Annotated[str, typer.Option("--resource-group", "-g", metavar="NAME", rich_help_panel=_NAMES,
+                                                help="Resource group.")],
+    cluster: Annotated[str, typer.Option("--cluster", metavar="NAME", rich_help_panel=_NAMES,
+                                         help="AKS cluster.")],
+    vault: Annotated[str, typer.Option("--vault", metavar="NAME", rich_help_panel=_NAMES, help="Key Vault.")],
+    storage_account: Annotated[str, typer.Option("--storage-account", metavar="NAME", rich_help_panel=_NAMES,
+                                                 help="ADLS Gen2 account.")],
+    location: Annotated[str, typer.Option("--location", "-l", metavar="REGION", rich_help_panel=_NAMES,
+                                          help="Azure region.")] = "westeurope",
+    container: Annotated[str, typer.Option("--container", metavar="NAME", rich_help_panel=_NAMES,
+                                           help="Blob container.")] = "data",
+    key: Annotated[str, typer.Option("--key", metavar="NAME", rich_help_panel=_NAMES,
+                                     help="Key Vault key wrapping data keys.")] = "ppml",
+    secret: _many("--secret", "NAME", "Key Vault secret Spark pods mount (repeatable).", _NAMES) = None,
+    namespace: Annotated[str, typer.Option("--namespace", metavar="NAME", help="Kubernetes namespace.")] = "ppml",
+    tee: Annotated[str, typer.Option("--tee", metavar="PROFILE", rich_help_panel=_POOL,
+                                     help="none, sgx, cvm or coco.")] = "sgx",
+    node_pool: Annotated[str, typer.Option("--node-pool", metavar="NAME", rich_help_panel=_POOL,
+                                           help="TEE node pool.")] = "teepool",
+    vm_size: Annotated[Optional[str], typer.Option("--vm-size", metavar="SIZE", rich_help_panel=_POOL,
+                                                   help="[default: DC4s_v3, DC4as_v5 or DC4as_cc_v5]")] = None,
+    node_count: Annotated[int, typer.Option("--node-count", min=1, max=100, rich_help_panel=_POOL,
+                                            help="TEE nodes.")] = 3,
     broker: Annotated[bool, typer.Option("--broker/--no-broker", help="With the key broker.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
