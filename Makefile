@@ -9,12 +9,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AZURITE := .azurite/node_modules/azurite/package.json
+CHECKOV := .venv-checkov/bin/checkov
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
 .PHONY: setup system-packages run test bench clean
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP) $(AZURITE) $(CHECKOV)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
@@ -23,6 +24,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 # The Azure storage emulator for the tests (npm, into .azurite/); reinstalled if that folder is removed.
 $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
+	touch $@
+
+# checkov (static analysis of the rendered Kubernetes objects and the Dockerfile), in its own venv.
+$(CHECKOV): scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh checkov
 	touch $@
 
 # SoftHSM2, swtpm and tpm2-tools (Debian packages, needs root or sudo) for the HSM and attestation tests.
@@ -39,4 +45,4 @@ bench: setup
 	$(PY) benchmarks/crypto_throughput.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite
+	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite .venv-checkov

@@ -5,11 +5,26 @@
 #   bash scripts/setup.sh system    the Debian packages the HSM and attestation tests run against (SoftHSM2,
 #                                   swtpm, tpm2-tools; skipped when their commands are there; `make test`)
 #   bash scripts/setup.sh azurite   only Azurite (skipped when the pinned version is already there)
+#   bash scripts/setup.sh checkov   only checkov, in its own virtual environment .venv-checkov (its pinned
+#                                   dependencies conflict with the project's); the deployment tests run it
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 AZURITE_DIR=${AZURITE_DIR:-.azurite}
 AZURITE_VERSION=3.35.0  # newer releases need Node >= 21
+CHECKOV_VENV=${CHECKOV_VENV:-.venv-checkov}
+CHECKOV_VERSION=3.3.30
+
+install_checkov() {
+    if [ -x "$CHECKOV_VENV/bin/checkov" ] && "$CHECKOV_VENV/bin/pip" show checkov 2>/dev/null \
+            | grep -x "Version: $CHECKOV_VERSION" >/dev/null; then
+        return 0
+    fi
+    echo "setup: installing checkov $CHECKOV_VERSION into $CHECKOV_VENV"
+    "$PYTHON" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --upgrade pip
+    "$CHECKOV_VENV/bin/python" -m pip install -q "checkov==$CHECKOV_VERSION"
+}
 
 install_azurite() {
     local manifest="$AZURITE_DIR/node_modules/azurite/package.json"
@@ -64,6 +79,11 @@ if [ "${1:-}" = "azurite" ]; then
     exit 0
 fi
 
+if [ "${1:-}" = "checkov" ]; then
+    install_checkov
+    exit 0
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -72,3 +92,4 @@ fi
 echo "setup: installing ppml and its dependencies (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
 install_azurite
+install_checkov

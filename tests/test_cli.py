@@ -287,7 +287,7 @@ def test_rotate_rewrap_retire_rekey(tmp_path):
 
 COMMANDS = [("keys", "init"), ("keys", "data-key"), ("keys", "rotate"), ("keys", "list"), ("keys", "inspect"),
             ("keys", "retire"), ("encrypt",), ("decrypt",), ("inspect",), ("verify",), ("rewrap",), ("rekey",),
-            ("demo",)]
+            ("demo",), ("submit",), ("deploy", "render"), ("deploy", "azure")]
 
 
 def test_every_command_help_has_examples(tmp_path):

@@ -83,6 +83,13 @@ def secure_session(builder: SparkSession.Builder | None = None, *, auth_secret_f
     return builder.getOrCreate()
 
 
+def _submitted_keys(spark: SparkSession) -> KeySettings | None:
+    """Key settings that ``ppml submit`` gave the job as ``spark.ppml.keys.*`` settings, if any."""
+    prefix = "spark.ppml.keys."
+    options = {k[len(prefix):]: v for k, v in spark.sparkContext.getConf().getAll() if k.startswith(prefix)}
+    return KeySettings.from_options(options) if options else None
+
+
 def register(spark: SparkSession) -> None:
     """Register the ``ppml`` data source with ``spark`` and turn on Python filter pushdown."""
     spark.dataSource.register(PpmlDataSource)
@@ -121,7 +128,7 @@ class PPMLContext:
             _warn_insecure(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.master)
         self.spark = spark
         register(spark)
-        self.keys = (keys or KeySettings()).with_environment_broker()
+        self.keys = (keys or _submitted_keys(spark) or KeySettings()).with_environment_broker()
         self._settings = self.keys.to_options()
         if data_key is not None:
             self._settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
