@@ -25,7 +25,7 @@ from ppml.errors import ConfigError
 from ppml.io.storage import locate
 from ppml.spark.options import SourceOptions
 from ppml.spark.pushdown import split_filters
-from ppml.spark.splits import FileSplit, LineRange, list_files, plan_splits
+from ppml.spark.splits import FileSplit, LineRange, plan_splits
 
 __all__ = ["PpmlReader", "FilteringPpmlReader", "arrow_schema"]
 
@@ -47,8 +47,8 @@ class PpmlReader(DataSourceReader):
         self.filters: list[Filter] = []
 
     def partitions(self) -> list[FileSplit]:
-        files = list_files(self.options.paths, azure=self.options.storage)
-        return plan_splits(files, self.options.crypto_mode, self.options.split_size)
+        return plan_splits(self.options.paths, self.options.crypto_mode, self.options.split_size,
+                           azure=self.options.storage)
 
     def read(self, partition: FileSplit) -> Iterator[pa.RecordBatch]:
         location = locate(partition.url, azure=self.options.storage)

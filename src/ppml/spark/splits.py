@@ -10,19 +10,20 @@ read by exactly one task.
 
 from __future__ import annotations
 
+import functools
 import glob as _glob
 import io
 from typing import BinaryIO
 
 from pyspark.sql.datasource import InputPartition
 
-from ppml.crypto.formats import get_format
+from ppml.crypto.formats import FileInfo, get_format
 from ppml.errors import NotFoundError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.files import describe
 from ppml.io.storage import Location, locate
 
-__all__ = ["FileSplit", "list_files", "plan_splits", "LineRange"]
+__all__ = ["FileSplit", "LineRange", "list_files", "plan_splits", "stored_sizes"]
 
 
 class FileSplit(InputPartition):
@@ -39,7 +40,28 @@ def list_files(paths: tuple[str, ...], *, azure: AzureStorageSettings | None = N
     Names starting with ``.`` or ``_`` (``_SUCCESS``, ``.meta``, temporary folders) are skipped.
     ``azure`` are the storage settings for Azure URLs (default: this process's environment).
     """
-    found: list[Location] = []
+    return [location for location, _ in _listing(paths, azure)]
+
+
+def stored_sizes(paths: tuple[str, ...], *, azure: AzureStorageSettings | None = None) -> list[int]:
+    """The stored size of each data file named by ``paths`` (as :func:`list_files` finds them)."""
+    return [int(info.get("size") or 0) for _, info in _listing(paths, azure)]
+
+
+def plan_splits(paths: tuple[str, ...], crypto_mode: str, split_size: int, *,
+                azure: AzureStorageSettings | None = None) -> list[FileSplit]:
+    """Splits for every data file named by ``paths`` in ``crypto_mode``, as their format and headers allow."""
+    fmt = get_format(crypto_mode)
+    splits: list[FileSplit] = []
+    for location, info in _listing(paths, azure):
+        header = _header(location, _version(info), fmt.name)
+        splits.extend(FileSplit(location.url, fmt.name, start, end)
+                      for start, end in fmt.split_ranges(header, split_size, name=location.url))
+    return splits
+
+
+def _listing(paths: tuple[str, ...], azure: AzureStorageSettings | None) -> list[tuple[Location, dict]]:
+    found: list[tuple[Location, dict]] = []
     for path in paths:
         if _glob.has_magic(path):
             roots = locate(path, azure=azure).glob()
@@ -48,20 +70,25 @@ def list_files(paths: tuple[str, ...], *, azure: AzureStorageSettings | None = N
         else:
             roots = [locate(path, azure=azure)]
         for root in roots:
-            for relative, _ in root.files():
-                found.append(root.child(relative) if relative else root)
+            found.extend((root.child(relative) if relative else root, info) for relative, info in root.listing())
     return found
 
 
-def plan_splits(files: list[Location], crypto_mode: str, split_size: int) -> list[FileSplit]:
-    """Splits for all ``files`` in ``crypto_mode``, as their format and headers allow."""
-    fmt = get_format(crypto_mode)
-    splits: list[FileSplit] = []
-    for location in files:
-        info = describe(location, fmt)
-        splits.extend(FileSplit(location.url, fmt.name, start, end)
-                      for start, end in fmt.split_ranges(info, split_size, name=location.url))
-    return splits
+def _version(info: dict) -> tuple[str, ...]:
+    """What tells one version of a file from another, in the facts any fsspec store lists."""
+    return tuple(str(info.get(fact)) for fact in ("size", "mtime", "ino", "etag", "last_modified"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _header(location: Location, version: tuple[str, ...], format_name: str) -> FileInfo:
+    """The header of one version of a file, read once per planning process.
+
+    Spark plans every scan of a Python data source in a reused Python worker, so a table read by many
+    queries would otherwise have its headers opened (a request each on object stores) for every query.
+    ``version`` is part of the key: a file rewritten since (another size, modification time, inode or
+    ETag) is read again.
+    """
+    return describe(location, get_format(format_name))
 
 
 class LineRange(io.RawIOBase):
