@@ -42,7 +42,7 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.formats import get_format
 from ppml.crypto.manifest import Manifest
 from ppml.errors import CorruptHeaderError, IntegrityError, NotFoundError, UsageError
-from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, latest_version
+from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, check_listing, check_member, latest_version
 from ppml.io.files import describe
 from ppml.io.storage import Location, locate
 from ppml.keys.keyring import KeyRing
@@ -166,7 +166,8 @@ def digest_of_text(text: str) -> str:
 
 def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None = None) -> dict[str, Any]:
     """Check the record of the latest version of the data set in ``root``: its signature, that it describes
-    that version's manifest, and that every input it names is still the version (or the files) it read.
+    that version's manifest, and that every input it names still has the version (or the files) it read,
+    unchanged (an input that has moved on to a later version says so in ``current_version``).
 
     ``trusted`` is the signer's public key; without it, a record signed with the result's data key is checked
     against that key (unwrapped through ``keyring``), and one signed with a signing key is refused.
@@ -197,8 +198,10 @@ def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None
 
 
 def _check_input(entry: Mapping[str, Any], keyring: KeyRing, *, where: str) -> dict[str, Any]:
-    source = locate(str(entry.get("path")))
+    if "dataset" not in entry and "files" not in entry:
+        return {"source": entry.get("source"), "ok": None}  # not read through ppml: nothing to check
     if "dataset" in entry:
+        source = locate(str(entry.get("path")))
         manifest = source.child(f"{MANIFEST_FOLDER}/v{int(entry['version']):08d}.json")
         if not manifest.exists():
             raise IntegrityError(f"{where}: input {source.url} no longer has version {entry['version']}",
@@ -211,11 +214,20 @@ def _check_input(entry: Mapping[str, Any], keyring: KeyRing, *, where: str) -> d
         parsed, mac = Manifest.parse(data, name=manifest.url)
         parsed.authenticate(mac, keyring.unwrap(parsed.envelope, name=manifest.url, key_id=parsed.key_id),
                             name=manifest.url)
-        return {"path": source.url, "dataset": parsed.dataset, "version": parsed.version, "ok": True}
+        current = latest_version(source, keyring)
+        if current is not None and current.manifest.version == parsed.version:
+            # Still the version that was read: its files must still be the ones it records.
+            check_listing(source, current, dict(source.files()))
+            for recorded in parsed.members:
+                location = source.child(recorded.path)
+                fmt = get_format(recorded.format)
+                check_member(recorded, fmt, describe(location, fmt), name=location.url)
+        return {"path": source.url, "dataset": parsed.dataset, "version": parsed.version, "ok": True,
+                "current_version": current.manifest.version if current is not None else None}
     for recorded in entry.get("files") or []:
-        location = source.child(recorded["path"]) if recorded["path"] else source
+        location = locate(str(recorded["path"]))
         fmt = get_format(recorded["format"])
         info = describe(location, fmt)
         if fmt.identity(info) != recorded["file_id"] or int(info.facts["size"]) != recorded["size"]:
             raise IntegrityError(f"{where}: input file {location.url} is not the one that was read", path=location.url)
-    return {"path": source.url, "files": len(entry.get("files") or []), "ok": True}
+    return {"path": entry.get("path"), "files": len(entry.get("files") or []), "ok": True}

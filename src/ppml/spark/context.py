@@ -22,20 +22,22 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import DEFAULT_FORMAT, get_format
-from ppml.errors import AlreadyExistsError, ConfigError, UsageError
+from ppml.errors import AlreadyExistsError, ConfigError, UnprotectedDataWarning, UsageError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
 from ppml.spark.datasource import PpmlDataSource
+from ppml.spark.provenance import describe_provenance
 from ppml.spark.session import secure_session, warn_insecure
 from ppml.spark.sizing import broadcastable, split_size
-from ppml.spark.splits import stored_sizes
+from ppml.spark.splits import survey
 
 __all__ = ["PPMLContext", "register"]
 
@@ -77,6 +79,9 @@ class PPMLContext:
         and its companions) is passed on too. Default: each process's environment and key store.
     data_key
         Data-key file used for encrypted writes (its wrapped copies travel to executors, never the key).
+    signing_key
+        Signing-key file (``ppml keys signing-key``) that signs the provenance record of every result written;
+        default: each result's own data key (see :mod:`ppml.io.provenance`).
     azure_storage
         Credentials for ``abfs://``, ``abfss://`` and ``az://`` paths, as
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
@@ -85,7 +90,8 @@ class PPMLContext:
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, keys: KeySettings | None = None,
-                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None) -> None:
+                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None,
+                 signing_key: str | os.PathLike | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
@@ -96,6 +102,8 @@ class PPMLContext:
         self._settings = self.keys.to_options()
         if data_key is not None:
             self._settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
+        if signing_key is not None:
+            self._settings["signingKeyJson"] = json.dumps(DataKeyFile.load(signing_key).to_json())
         self._storage = azure_storage or AzureStorageSettings()
         self._settings.update(self._storage.to_options())
 
@@ -142,9 +150,17 @@ class EncryptedReader:
         file scans (see :mod:`ppml.spark.sizing`); an explicit ``splitSize`` option wins.
         """
         paths = tuple(path) if isinstance(path, (list, tuple)) else (path,)
-        sizes = stored_sizes(paths, azure=_storage(self._options))
+        found = survey(paths, self._options["cryptoMode"], azure=_storage(self._options),
+                       keyring=self._ctx.keys.keyring())
+        if found.unprotected:
+            warnings.warn(f"{len(found.unprotected)} encrypted file(s) read from {', '.join(paths)} belong to no "
+                          "data set with a manifest (e.g. " + found.unprotected[0] + "): files deleted, added or "
+                          "replaced among them cannot be detected", UnprotectedDataWarning, stacklevel=3)
+        sizes = found.sizes
         spark = self._ctx.spark
-        reader = spark.read.format("ppml").options(**{"splitSize": str(split_size(spark, sizes)), **self._options})
+        # The data-set versions found now are the ones this DataFrame reads: a later version is refused.
+        reader = spark.read.format("ppml").options(**{"splitSize": str(split_size(spark, sizes)), **self._options,
+                                                      "datasetVersions": json.dumps(found.versions)})
         reader = reader.option("format", format)
         schema = self._schema
         file_schema = None
@@ -180,6 +196,12 @@ class EncryptedWriter:
         self._df = df
         self._options: dict[str, str] = {**ctx._settings, "cryptoMode": crypto_mode}
         self._mode = "error"
+        self._label: str | None = None
+
+    def label(self, text: str) -> EncryptedWriter:
+        """Name what this result is (``TPC-H Q01``) in its provenance record."""
+        self._label = text
+        return self
 
     def mode(self, save_mode: str) -> EncryptedWriter:
         if save_mode.lower() not in _SAVE_MODES:
@@ -205,7 +227,7 @@ class EncryptedWriter:
             return
         spark_mode = "append" if self._mode == "append" else "overwrite"
         (self._df.write.format("ppml").mode(spark_mode).options(**self._options).option("format", format)
-         .save(path))
+         .option("provenance", json.dumps(describe_provenance(self._df, self._label))).save(path))
 
     def csv(self, path: str) -> None:
         self.save(path, "csv")

@@ -48,7 +48,8 @@ class PpmlReader(DataSourceReader):
 
     def partitions(self) -> list[FileSplit]:
         return plan_splits(self.options.paths, self.options.crypto_mode, self.options.split_size,
-                           azure=self.options.storage)
+                           azure=self.options.storage, keyring=self.options.keys.keyring(),
+                           expected=self.options.expected_versions)
 
     def read(self, partition: FileSplit) -> Iterator[pa.RecordBatch]:
         location = locate(partition.url, azure=self.options.storage)
@@ -60,6 +61,7 @@ class PpmlReader(DataSourceReader):
             key = None
             if fmt.encrypted:
                 info = fmt.describe(raw, name=location.url)
+                partition.check(fmt, info, raw.seek(0, io.SEEK_END))
                 key = self.options.keys.keyring().unwrap(info.envelope, name=location.url)
             with fmt.open_reader(raw, key, name=location.url) as plaintext:
                 lines = io.BufferedReader(LineRange(plaintext, partition.start, partition.end), _BLOCK)

@@ -12,8 +12,18 @@ from __future__ import annotations
 import re
 
 from pyspark.sql import SparkSession
-from pyspark.sql.types import (BinaryType, BooleanType, ByteType, DateType, DecimalType, FloatType, IntegerType,
-                               ShortType, StringType, StructType)
+from pyspark.sql.types import (
+    BinaryType,
+    BooleanType,
+    ByteType,
+    DateType,
+    DecimalType,
+    FloatType,
+    IntegerType,
+    ShortType,
+    StringType,
+    StructType,
+)
 
 from ppml.errors import ConfigError
 
