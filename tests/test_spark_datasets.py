@@ -72,6 +72,12 @@ def test_spark_outputs_are_data_sets_with_signed_provenance(ctx, spark_keys, tmp
     with pytest.raises(IntegrityError, match="not signed by the expected key"):
         verify_provenance(locate(str(out)), ring)
     path.write_text(original)
+    manifest = out / MANIFEST_FOLDER / "v00000001.json"
+    manifest_bytes = manifest.read_bytes()
+    manifest.write_bytes(manifest_bytes.replace(b'"writer":"ppml', b'"writer":"PPML'))
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        verify_provenance(locate(str(out)), ring)
+    manifest.write_bytes(manifest_bytes)
     victim = next(p for p in sorted((source).glob("part-*")))
     shutil.copy2(victim, source / "part-99999-copy.csv.ppml")
     with pytest.raises(IntegrityError, match="part-99999-copy"):
@@ -186,3 +192,70 @@ def test_a_folder_without_manifest_reads_with_a_warning(ctx, spark_keys, tmp_pat
     shutil.rmtree(out / FOLDER)
     with pytest.warns(UnprotectedDataWarning, match="belong to no data set"):
         assert len(_read(ctx, out)) == 10
+
+
+def test_parse_errors_name_the_file_row_and_column_never_the_data(ctx, spark_keys, tmp_path, capfd):
+    """A value that does not parse, or a row with too few columns, is reported by position; the canary in it
+    reaches no error message and no log."""
+    from ppml.keys.datakey_file import DataKeyFile
+
+    canary = "secret-salary-9999"
+    record = DataKeyFile.load(spark_keys["data_key"])
+    rows = ["id,name,amount"] + [f"{i},name{i},{i}.5" for i in range(1, 300)]
+    cases = {"value": rows[:150] + [f"150,bob,{canary}"] + rows[151:],
+             "columns": rows[:200] + [f"200,{canary}"] + rows[201:]}
+    for case, lines in cases.items():
+        (tmp_path / f"{case}.csv").write_text("\n".join(lines) + "\n")
+        files.encrypt(str(tmp_path / f"{case}.csv"), str(tmp_path / case / "data.csv.ppml"), key=spark_keys["key"],
+                      envelope=record.envelope)
+    for case, expected in (("value", r"row 150, column 3 \(amount\): the value is not a valid double"),
+                           ("columns", r"row 200 has 2 columns where 3 were expected")):
+        with pytest.raises(PySparkException, match=expected) as info:
+            (ctx.read().option("header", True).schema("id long, name string, amount double")
+             .csv(str(tmp_path / case)).collect())
+        assert canary not in str(info.value) and "data.csv.ppml" in str(info.value)
+    captured = capfd.readouterr()
+    assert canary not in captured.out + captured.err
+
+
+def test_provenance_through_the_command_line(ctx, spark_keys, tmp_path):
+    """`ppml keys signing-key`, then `ppml provenance show|verify` on a result; a re-wrapped result still
+    verifies; an edited record exits 4."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ppml = Path(sys.executable).with_name("ppml")
+    keys = ["--keystore", spark_keys["keystore"], "--passphrase-file", spark_keys["password_file"]]
+
+    def run(*args):
+        return subprocess.run([str(ppml), *map(str, args)], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    made = run("keys", "signing-key", "--out", tmp_path / "signer.json", *keys, "--json")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "signer.pub.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    signed = PPMLContext(ctx.spark, data_key=spark_keys["data_key"], keys=spark_keys["settings"],
+                         signing_key=str(tmp_path / "signer.json"))
+    out = tmp_path / "out"
+    signed.write(_frame(ctx, 0, 20)).label("twenty rows").csv(str(out))
+
+    shown = run("provenance", "show", out)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["record"]["query"]["label"] == "twenty rows"
+    unpinned = run("provenance", "verify", out, *keys)
+    assert unpinned.returncode == 2 and "give its public key" in unpinned.stderr
+    verified = run("provenance", "verify", out, *keys, "--signer", tmp_path / "signer.pub.pem", "--json")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["signer"]["kind"] == "signing-key"
+    assert run("provenance", "verify", out, *keys, "--signer", tmp_path / "signer.json").returncode == 0
+
+    spark_keys["kms"].rotate_key("default")
+    assert run("rewrap", out, *keys).returncode == 0
+    rewrapped = run("provenance", "verify", out, *keys, "--signer", tmp_path / "signer.pub.pem", "--json")
+    assert rewrapped.returncode == 0, rewrapped.stderr
+    assert json.loads(rewrapped.stdout)["rewrapped_since"] is True
+
+    record = out / FOLDER / "v00000001.json"
+    record.write_text(record.read_text().replace("twenty rows", "thirty rows"))
+    edited = run("provenance", "verify", out, *keys, "--signer", tmp_path / "signer.pub.pem")
+    assert edited.returncode == 4 and "not signed by the expected key" in edited.stderr

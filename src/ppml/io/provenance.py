@@ -173,9 +173,10 @@ def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None
     against that key (unwrapped through ``keyring``), and one signed with a signing key is refused.
     Returns what was checked; raises :class:`~ppml.errors.IntegrityError` naming the first thing that differs.
     """
-    version = latest_version(root, keyring)
-    if version is None:
+    latest = latest_version(root, keyring)
+    if latest is None:
         raise IntegrityError(f"{root.url} has no data-set manifest, so no provenance to check", path=root.url)
+    version = _described_version(root, latest, keyring)
     record, location = read_record(root, version.manifest.version)
     signer = record.get("signer") if isinstance(record.get("signer"), dict) else {}
     if trusted is None:
@@ -194,7 +195,38 @@ def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None
         raise IntegrityError(f"{location.url}: describes another version of the result than its manifest "
                              f"(version {described.get('version')}, not {version.manifest.version})", path=root.url)
     inputs = [_check_input(entry, keyring, where=location.url) for entry in record.get("inputs") or []]
-    return {"result": described, "signer": signer, "inputs": inputs, "record": location.url}
+    return {"result": described, "signer": signer, "inputs": inputs, "record": location.url,
+            "rewrapped_since": latest.manifest.version != version.manifest.version}
+
+
+def _described_version(root: Location, latest: DataSetVersion, keyring: KeyRing) -> DataSetVersion:
+    """The version whose record describes ``latest``: itself, or the version before re-wrapping.
+
+    ``ppml rewrap`` writes a new version whose members are the same files (same ids) under re-wrapped keys;
+    the job's record still describes them. Any other later version (new data, or data re-encrypted by
+    ``ppml rekey``) has no record of how it was made.
+    """
+    current = latest
+    while not root.child(f"{FOLDER}/v{current.manifest.version:08d}.json").exists():
+        previous_number = current.manifest.version - 1
+        if current.manifest.writer != "ppml rewrap" or previous_number < 1:
+            raise NotFoundError(f"{root.url} has no provenance record for version {current.manifest.version} "
+                                f"(written by {current.manifest.writer})",
+                                hint="a result re-keyed or changed after its job has no record of how it was made")
+        older = root.child(f"{MANIFEST_FOLDER}/v{previous_number:08d}.json")
+        with older.open("rb") as handle:
+            data = handle.read()
+        manifest, mac = Manifest.parse(data, name=older.url)
+        digest = hashlib.sha256(data).hexdigest()
+        manifest.authenticate(mac, keyring.unwrap(manifest.envelope, name=older.url, key_id=manifest.key_id),
+                              name=older.url)
+        same_files = {(m.path, m.file_id) for m in manifest.members} == {
+            (m.path, m.file_id) for m in current.manifest.members}
+        if current.manifest.previous != digest or not same_files:
+            raise IntegrityError(f"{root.url}: version {current.manifest.version} does not re-wrap version "
+                                 f"{manifest.version}", path=root.url)
+        current = DataSetVersion(manifest, digest, older)
+    return current
 
 
 def _check_input(entry: Mapping[str, Any], keyring: KeyRing, *, where: str) -> dict[str, Any]:
