@@ -9,20 +9,26 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AZURITE := .azurite/node_modules/azurite/package.json
+CHECKOV := .venv-checkov/bin/checkov
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
 .PHONY: setup system-packages run test bench clean
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
-# The Azure storage emulator for the tests (npm, into .azurite/); reinstalled if that folder is removed.
+# The Azure storage emulator, for the tests only (npm, into .azurite/); reinstalled if that folder is removed.
 $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
+	touch $@
+
+# checkov (static analysis of the rendered Kubernetes objects and the Dockerfile), in its own venv.
+$(CHECKOV): scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh checkov
 	touch $@
 
 # SoftHSM2, swtpm, tpm2-tools and Redis (Debian packages, needs root or sudo) for the HSM, attestation and
@@ -33,11 +39,11 @@ system-packages:
 run: setup
 	$(VENV)/bin/ppml tpch demo --dir demo
 
-test: setup system-packages
+test: setup $(AZURITE) $(CHECKOV) system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: setup
 	$(PY) benchmarks/crypto_throughput.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite
+	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite .venv-checkov
