@@ -97,3 +97,12 @@ def test_a_deeply_nested_data_key_file_is_a_config_error(tmp_path):
     with pytest.raises(Exception) as info:
         DataKeyFile.parse(b'{"schema": "ppml.datakey/1", "envelope": ' + b"[" * 100_000, name="dk.json")
     assert type(info.value).__name__ == "ConfigError" and "is not a ppml data-key file" in str(info.value)
+
+
+def test_deeply_nested_evidence_is_a_clean_attestation_error(tmp_path, capsys):
+    evidence = tmp_path / "evidence.json"
+    evidence.write_bytes(b'{"type": "sgx", "quote": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert main(["attest", "verify", str(evidence), "--type", "sgx"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert "is not valid JSON (nested too deeply)" in err

@@ -41,6 +41,8 @@ def read_evidence(path: Path, evidence_type: str | None) -> Evidence:
             document = json.loads(data)
         except (UnicodeDecodeError, ValueError) as exc:
             raise AttestationError(f"evidence file {path} is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise AttestationError(f"evidence file {path} is not valid JSON (nested too deeply)") from None
         evidence = Evidence.from_json(document)
         if evidence_type is not None and evidence.type != evidence_type:
             raise UsageError(f"{path} holds {evidence.type!r} evidence, not --type {evidence_type}",
