@@ -64,7 +64,9 @@ def _profile_args(profile: str, inputs) -> list[str]:
 
 
 def _objects(folder: Path) -> list[dict]:
-    return [doc for path in sorted(folder.rglob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    """The Kubernetes objects of a rendered folder (broker-audit/ holds a broker configuration, not objects)."""
+    return [doc for path in sorted(folder.rglob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())
+            if doc and "kind" in doc]
 
 
 def _containers(obj: dict) -> list[dict]:
@@ -231,3 +233,26 @@ def test_azure_setup_commands(tmp_path):
     done = _ppml("deploy", "azure", "-g", "rg", "--cluster", "c", "--vault", "kv-ppml", "--storage-account", "Bad_Name",
                  check=False)
     assert done.returncode == 2 and "--storage-account 'Bad_Name'" in done.stderr
+
+
+def test_the_broker_signs_its_audit_log_with_a_key_from_key_vault(inputs, tmp_path):
+    """The broker refuses to start without its audit key: the rendered configuration names it in the Key Vault
+    secrets the broker mounts, and broker-audit/ holds a configuration the broker accepts for making it."""
+    from ppml.broker.config import load_config
+
+    out = tmp_path / "deploy"
+    _ppml("deploy", "render", "--out", str(out), *COMMON, *_profile_args("coco", inputs))
+    objects = _objects(out)
+    config = next(o for o in objects if o["metadata"].get("name") == "ppml-broker-config")
+    assert yaml.safe_load(config["data"]["broker.yaml"])["audit_key"] == "/mnt/secrets-store/ppml-broker-audit-key"
+    provider = next(o for o in objects if o["kind"] == "SecretProviderClass" and o["metadata"]["name"] == "ppml-broker")
+    mounted = [json.loads(o)["objectName"] for o in json.loads(provider["spec"]["parameters"]["objects"])["array"]]
+    assert "ppml-broker-audit-key" in mounted
+    local = load_config(out / "broker-audit" / "broker.yaml")
+    assert local.audit_key == str(out / "broker-audit" / "audit-key.json")
+    assert local.policies[0].governs("azure:https://kv1.vault.azure.net/keys/tpch")
+    assert not local.policies[0].governs("azure:https://kv1.vault.azure.net/keys/ppml-broker-audit")
+    script = _ppml("deploy", "azure", "-g", "rg", "--cluster", "c", "--vault", "kv1", "--storage-account", "ppmlsa",
+                   "--tee", "coco", "--node-pool", "p").stdout
+    assert "ppml broker audit new-key --config deploy/broker-audit/broker.yaml --key-name ppml-broker-audit" in script
+    assert '--role "Key Vault Crypto User" --scope "$VAULT_ID/keys/ppml-broker-audit"' in script

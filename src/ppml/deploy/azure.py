@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ppml.deploy.broker import TLS_SECRETS
+from ppml.deploy.broker import AUDIT_KEY_NAME, AUDIT_KEY_SECRET, BROKER_SECRETS, TLS_SECRETS
 from ppml.deploy.profiles import PROFILES, TAINT_KEY
 from ppml.deploy.settings import BROKER_SA, SPARK_SA
 from ppml.errors import UsageError
@@ -123,7 +123,9 @@ def azure_steps(setup: AzureSetup) -> list[tuple[str, list[str]]]:
         *(_role(f"Spark pods mount the secret {name}", "$SPARK_PRINCIPAL_ID", "Key Vault Secrets User",
                 f"$VAULT_ID/secrets/{name}") for name in s.secrets),
         *(_role(f"the broker mounts {name}", "$BROKER_PRINCIPAL_ID", "Key Vault Secrets User",
-                f"$VAULT_ID/secrets/{name}") for name in (TLS_SECRETS if s.broker else ())),
+                f"$VAULT_ID/secrets/{name}") for name in (BROKER_SECRETS if s.broker else ())),
+        *([_role("the broker unwraps its audit signing key", "$BROKER_PRINCIPAL_ID", "Key Vault Crypto User",
+                 f"$VAULT_ID/keys/{AUDIT_KEY_NAME}")] if s.broker else []),
     ]
     steps.append(("The least roles: Key Vault Crypto User, Key Vault Secrets User, Storage Blob Data Contributor",
                   roles))
@@ -141,7 +143,11 @@ def azure_steps(setup: AzureSetup) -> list[tuple[str, list[str]]]:
         deploy += [f"az keyvault secret set --vault-name {s.vault} --name {TLS_SECRETS[0]} "
                    "--file deploy/broker-tls/broker.pem",
                    f"az keyvault secret set --vault-name {s.vault} --name {TLS_SECRETS[1]} "
-                   "--file deploy/broker-tls/broker-key.pem && shred -u deploy/broker-tls/broker-key.pem"]
+                   "--file deploy/broker-tls/broker-key.pem && shred -u deploy/broker-tls/broker-key.pem",
+                   f"ppml keys init --kms azure --vault {s.vault} --key-name {AUDIT_KEY_NAME}",
+                   f"ppml broker audit new-key --config deploy/broker-audit/broker.yaml --key-name {AUDIT_KEY_NAME}",
+                   f"az keyvault secret set --vault-name {s.vault} --name {AUDIT_KEY_SECRET} "
+                   "--file deploy/broker-audit/audit-key.json  # publish deploy/broker-audit/audit-key.json.pub"]
     deploy.append("kubectl apply -f deploy/cluster/")
     steps.append(("The namespace, its objects and the broker (see 'ppml deploy render --help' for the TEE options)",
                   deploy))

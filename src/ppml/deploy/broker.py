@@ -3,7 +3,11 @@
 The broker holds no key material at rest: its primary key stays in Key Vault (unwrapped there with the
 broker's own workload identity, the only identity allowed to), its TLS certificate and private key come from
 Key Vault secrets through the Secrets Store CSI driver, and its configuration and policy are plain config
-maps. Each replica writes its own hash-chained audit log to a shared Azure Files volume.
+maps. Each replica writes its own hash-chained, signed audit log to a shared Azure Files volume; the audit
+signing key exists only wrapped by the Key Vault key :data:`AUDIT_KEY_NAME` (a Key Vault secret holds the
+wrapped file, made with ``ppml broker audit new-key --config broker-audit/broker.yaml``). Without a shared
+nonce store each replica issues nonces only it accepts, so a client asks for its nonce and its key over one
+connection (as ``BrokerKms`` does): replay protection never depends on which replica answers.
 """
 
 from __future__ import annotations
@@ -16,10 +20,17 @@ from ppml.deploy import image
 from ppml.deploy.pods import checkov_skips, container, pod_security
 from ppml.deploy.settings import BROKER_PORT, BROKER_SA, SECRETS_DIR, DeploymentSettings
 
-__all__ = ["broker_config", "broker_policy", "broker_objects", "TLS_SECRETS", "broker_hosts"]
+__all__ = ["broker_config", "broker_policy", "broker_objects", "TLS_SECRETS", "BROKER_SECRETS", "AUDIT_KEY_SECRET",
+           "AUDIT_KEY_NAME", "broker_hosts", "audit_key_config"]
 
 #: Key Vault secrets holding the broker's certificate chain and private key (PEM).
 TLS_SECRETS = ("ppml-broker-tls-cert", "ppml-broker-tls-key")
+#: The Key Vault secret holding the broker's audit key file (the key only wrapped) and the Key Vault key
+#: wrapping it (no policy governs it, so it is never released).
+AUDIT_KEY_SECRET = "ppml-broker-audit-key"
+AUDIT_KEY_NAME = "ppml-broker-audit"
+#: Every Key Vault secret the broker mounts.
+BROKER_SECRETS = (*TLS_SECRETS, AUDIT_KEY_SECRET)
 _CONFIG_DIR = "/etc/ppml-broker"
 _FILES_DIR = f"{_CONFIG_DIR}/files"
 _AUDIT_DIR = "/var/lib/ppml-broker/audit"
@@ -45,8 +56,21 @@ def broker_config(settings: DeploymentSettings) -> dict[str, Any]:
             "verifiers": settings.tee.verifier(_FILES_DIR),
             "policies": [f"{_CONFIG_DIR}/policies/"],
             "audit_log": f"{_AUDIT_DIR}/broker.jsonl",
+            "audit_key": f"{SECRETS_DIR}/{AUDIT_KEY_SECRET}",
             "limits": {"max_request_bytes": 262144, "requests_per_second": 20, "burst": 40, "nonce_lifetime": "60s"},
             "key_cache": "5m"}
+
+
+def audit_key_config(settings: DeploymentSettings) -> dict[str, Any]:
+    """The broker configuration for making the audit key on an operator's machine, in the rendered folder's
+    ``broker-audit/`` (TLS files from ``../broker-tls/``, verifier files and the policy beside it):
+    ``ppml broker audit new-key --config broker-audit/broker.yaml --key-name ppml-broker-audit`` writes
+    ``audit-key.json`` (stored as the Key Vault secret :data:`AUDIT_KEY_SECRET`) and ``audit-key.json.pub``
+    (publish it: auditors verify the log with it)."""
+    return {**broker_config(settings), "listen": {"host": "127.0.0.1", "port": BROKER_PORT},
+            "tls": {"certificate": "../broker-tls/broker.pem", "private_key": "../broker-tls/broker-key.pem"},
+            "verifiers": settings.tee.verifier("."), "policies": ["policy.yaml"], "audit_log": "audit.jsonl",
+            "audit_key": "audit-key.json"}
 
 
 def _meta(settings: DeploymentSettings, name: str) -> dict[str, Any]:

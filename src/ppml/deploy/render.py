@@ -13,6 +13,8 @@ Layout of the folder (``kubectl apply -f DIR/cluster/`` applies the cluster obje
     spark/executor-template.yaml
     spark/spark-auth.secret           the same authentication secret, for client-mode drivers (mode 0600)
     broker-tls/                       the broker's CA, certificate and key, to store in Key Vault   (key 0600)
+    broker-audit/                     a configuration for 'ppml broker audit new-key' on this machine, which
+                                      makes the audit key file to store in Key Vault
     deployment.json                   what ppml submit needs to know about this deployment
 """
 
@@ -30,7 +32,7 @@ import yaml
 
 from ppml.attest.policy import load_policy
 from ppml.broker.scaffold import write_tls_files
-from ppml.deploy.broker import TLS_SECRETS, broker_hosts, broker_objects, broker_policy
+from ppml.deploy.broker import BROKER_SECRETS, audit_key_config, broker_hosts, broker_objects, broker_policy
 from ppml.deploy.cluster import (admission_policy, auth_secret, data_keys_config_map, namespace_objects, network_policies,
                                  new_auth_secret, secret_provider_class)
 from ppml.deploy.pods import SPARK_CONTAINER, broker_url, spark_pod_template
@@ -112,7 +114,7 @@ def render(settings: DeploymentSettings, *, auth_value: bytes | None = None) -> 
     if settings.broker:
         _checked_policy(settings)
         key_vault.append(secret_provider_class(settings, "ppml-broker", str(settings.broker_client_id),
-                                               [{"objectName": s, "objectType": "secret"} for s in TLS_SECRETS]))
+                                               [{"objectName": s, "objectType": "secret"} for s in BROKER_SECRETS]))
     if key_vault:
         cluster["cluster/30-key-vault.yaml"] = key_vault
     if data_keys:
@@ -123,6 +125,9 @@ def render(settings: DeploymentSettings, *, auth_value: bytes | None = None) -> 
             tls = {"broker-tls/ca.pem": ca.read_bytes(), "broker-tls/broker.pem": cert.read_bytes(),
                    "broker-tls/broker-key.pem": key.read_bytes()}
         rendering.files.update(tls)
+        rendering.files["broker-audit/broker.yaml"] = yaml.safe_dump(audit_key_config(settings), sort_keys=False).encode()
+        rendering.files["broker-audit/policy.yaml"] = yaml.safe_dump(broker_policy(settings), sort_keys=False).encode()
+        rendering.files.update({f"broker-audit/{name}": content for name, content in verifier_files.items()})
         cluster["cluster/50-broker.yaml"] = broker_objects(settings, ca_pem=tls["broker-tls/ca.pem"],
                                                             files=verifier_files)
     for path, objects in cluster.items():
