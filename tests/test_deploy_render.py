@@ -256,3 +256,15 @@ def test_the_broker_signs_its_audit_log_with_a_key_from_key_vault(inputs, tmp_pa
                    "--tee", "coco", "--node-pool", "p").stdout
     assert "ppml broker audit new-key --config deploy/broker-audit/broker.yaml --key-name ppml-broker-audit" in script
     assert '--role "Key Vault Crypto User" --scope "$VAULT_ID/keys/ppml-broker-audit"' in script
+
+
+def test_broker_replicas_without_a_shared_nonce_store_keep_each_client_on_one_replica(inputs, tmp_path):
+    """Each replica accepts only the nonces it issued: a client that reconnects between nonce and release
+    must reach the same replica, so the Service has client-IP affinity when there are several."""
+    for replicas, affinity in (("2", "ClientIP"), ("1", None)):
+        out = tmp_path / f"deploy-{replicas}"
+        _ppml("deploy", "render", "--out", str(out), *COMMON, *_profile_args("sgx", inputs), "--broker-replicas", replicas)
+        service = next(o for o in _objects(out) if o["kind"] == "Service" and o["metadata"]["name"] == "ppml-broker")
+        assert service["spec"].get("sessionAffinity") == affinity
+        config = next(o for o in _objects(out) if o["metadata"].get("name") == "ppml-broker-config")
+        assert "nonces" not in yaml.safe_load(config["data"]["broker.yaml"])  # a random secret per replica

@@ -6,8 +6,8 @@ Key Vault secrets through the Secrets Store CSI driver, and its configuration an
 maps. Each replica writes its own hash-chained, signed audit log to a shared Azure Files volume; the audit
 signing key exists only wrapped by the Key Vault key :data:`AUDIT_KEY_NAME` (a Key Vault secret holds the
 wrapped file, made with ``ppml broker audit new-key --config broker-audit/broker.yaml``). Without a shared
-nonce store each replica issues nonces only it accepts, so a client asks for its nonce and its key over one
-connection (as ``BrokerKms`` does): replay protection never depends on which replica answers.
+nonce store each replica accepts only the nonces it issued, so the Service keeps a client's connections on
+one replica (``sessionAffinity: ClientIP``); replay protection never depends on which replica answers.
 """
 
 from __future__ import annotations
@@ -140,6 +140,10 @@ def broker_objects(settings: DeploymentSettings, *, ca_pem: bytes, files: dict[s
                   "template": {"metadata": template_meta, "spec": pod_spec}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": _meta(settings, "ppml-broker"),
          "spec": {"type": "ClusterIP", "selector": selector,
+                  # Each replica accepts only the nonces it issued (no shared nonce store here): a pod's
+                  # connections stay with one replica, so a reconnect between nonce and release still works.
+                  **({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 3600}}}
+                     if settings.broker_replicas > 1 else {}),
                   "ports": [{"name": "https", "port": BROKER_PORT, "targetPort": "https", "protocol": "TCP"}]}},
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(settings, "ppml-broker"),
          # one replica may go (node upgrades) while another serves; a single replica must be allowed to go
