@@ -146,3 +146,21 @@ def test_workers_of_one_replica_share_one_ledger(tmp_path):
     assert entries[0]["workers"] == 2 and entries[-1]["event"] == "stop"
     counters = entries[-1]["counters"]
     assert counters["released"] == 12 and counters["nonces"] == 12 and counters["kms_unwraps"] >= 1
+
+
+def test_a_shared_nonce_secret_without_a_shared_used_nonce_record_is_refused(tmp_path):
+    """Replicas sharing only the secret would each accept a nonce the other had already used."""
+    import yaml
+
+    from ppml.broker.config import load_config
+    from ppml.errors import ConfigError
+
+    process = BrokerProcess(tmp_path / "conf")
+    config = yaml.safe_load(process.config_path.read_text())
+    for nonces, message in (({"secret": f"env:{SECRET_ENV}"}, "nonces.secret needs nonces.redis"),
+                            ({"redis": {"url": "redis://127.0.0.1:1/0"}}, "nonces.redis needs nonces.secret")):
+        process.config_path.write_text(yaml.safe_dump({**config, "nonces": nonces}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(process.config_path)
+    process.config_path.write_text(yaml.safe_dump({**config, "nonces": {"memory_mib": 8}}))
+    assert load_config(process.config_path).nonces.secret is None

@@ -182,6 +182,11 @@ def _nonce_settings(raw: Mapping[str, Any], *, where: str, base: Path) -> NonceS
         raise ConfigError(f"{where}: nonces.redis needs nonces.secret",
                           hint="replicas that share used nonces must also share the secret that makes nonces "
                                "genuine, or each refuses the others' nonces")
+    if secret is not None and not redis:
+        raise ConfigError(f"{where}: nonces.secret needs nonces.redis",
+                          hint="a shared secret lets every replica accept a nonce, so they must also share the "
+                               "record of used ones, or a nonce used at one replica is accepted again at another; "
+                               "a single replica needs neither (its workers share a random secret)")
     memory = raw.get("memory_mib", 64)
     if type(memory) is not int or memory < 1:
         raise ConfigError(f"{where}: nonces.memory_mib must be a positive whole number of MiB, not {memory!r}")
