@@ -268,3 +268,32 @@ def test_broker_replicas_without_a_shared_nonce_store_keep_each_client_on_one_re
         assert service["spec"].get("sessionAffinity") == affinity
         config = next(o for o in _objects(out) if o["metadata"].get("name") == "ppml-broker-config")
         assert "nonces" not in yaml.safe_load(config["data"]["broker.yaml"])  # a random secret per replica
+
+
+def test_broker_replicas_sharing_redis_need_no_affinity(inputs, tmp_path):
+    """With --broker-redis the replicas share the nonce secret and the used nonces: any replica may answer."""
+    from ppml.broker.config import load_config
+
+    out = tmp_path / "deploy"
+    redis = "rediss://ppml.redis.cache.windows.net:6380/0"
+    _ppml("deploy", "render", "--out", str(out), *COMMON, *_profile_args("sgx", inputs), "--broker-redis", redis)
+    objects = _objects(out)
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "ppml-broker")
+    assert "sessionAffinity" not in service["spec"]
+    config = next(o for o in objects if o["metadata"].get("name") == "ppml-broker-config")
+    nonces = yaml.safe_load(config["data"]["broker.yaml"])["nonces"]
+    assert nonces == {"secret": "file:/mnt/secrets-store/ppml-broker-nonce-secret",
+                      "redis": {"url": redis, "password": "file:/mnt/secrets-store/ppml-broker-redis-password"}}
+    provider = next(o for o in objects if o["kind"] == "SecretProviderClass" and o["metadata"]["name"] == "ppml-broker")
+    mounted = [json.loads(o)["objectName"] for o in json.loads(provider["spec"]["parameters"]["objects"])["array"]]
+    assert {"ppml-broker-nonce-secret", "ppml-broker-redis-password"} <= set(mounted)
+    egress = next(o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "ppml-broker")
+    assert {"protocol": "TCP", "port": 6380} in [p for rule in egress["spec"]["egress"] for p in rule.get("ports", [])]
+    # the configuration as the broker reads it, with its secret files where the pod mounts them
+    broker_yaml = yaml.safe_load(config["data"]["broker.yaml"])
+    local = yaml.safe_load((out / "broker-audit" / "broker.yaml").read_text())
+    (out / "broker-audit" / "shared.yaml").write_text(yaml.safe_dump({**local, "nonces": broker_yaml["nonces"]}))
+    assert load_config(out / "broker-audit" / "shared.yaml").nonces.redis_url == redis
+    done = _ppml("deploy", "render", "--out", str(tmp_path / "bad"), *COMMON, *_profile_args("sgx", inputs),
+                 "--broker-redis", "redis://user:pw@host:6379", check=False)
+    assert done.returncode == 2 and "is not rediss://HOST:PORT[/DB]" in done.stderr

@@ -83,6 +83,8 @@ def render(
                                             help="Key Vault key whose data keys it releases.")] = "ppml",
     broker_replicas: Annotated[int, typer.Option("--broker-replicas", metavar="N", rich_help_panel=_BROKER,
                                                  help="Broker pods.")] = 2,
+    broker_redis: _one("--broker-redis", "URL", "Redis the broker pods share used nonces through "
+                       "(rediss://HOST:PORT/DB).", _BROKER) = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every object (secrets redacted); write "
                                                             "nothing.")] = False,
     force: ForceOpt = False,
@@ -114,6 +116,7 @@ def render(
                         maa_endpoint=maa_endpoint, maa_jwks=maa_jwks, simulated=simulated),
         vault=vault, tenant_id=tenant_id, client_id=client_id, secrets=tuple(secret or ()), broker=broker,
         broker_client_id=broker_client_id, broker_key=broker_key, broker_replicas=broker_replicas,
+        broker_redis=broker_redis,
         data_keys=tuple(data_key or ()), egress_cidrs=tuple(egress_cidr or ()), submitters=tuple(submitter or ()))
     rendering = render_objects(settings)
     if dry_run:

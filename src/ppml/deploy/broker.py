@@ -7,7 +7,9 @@ maps. Each replica writes its own hash-chained, signed audit log to a shared Azu
 signing key exists only wrapped by the Key Vault key :data:`AUDIT_KEY_NAME` (a Key Vault secret holds the
 wrapped file, made with ``ppml broker audit new-key --config broker-audit/broker.yaml``). Without a shared
 nonce store each replica accepts only the nonces it issued, so the Service keeps a client's connections on
-one replica (``sessionAffinity: ClientIP``); replay protection never depends on which replica answers.
+one replica (``sessionAffinity: ClientIP``); with ``--broker-redis`` the replicas share the nonce secret and
+the used nonces (Redis ``SET NX``), and any replica may answer. Replay protection never depends on which
+replica answers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ppml.deploy.pods import checkov_skips, container, pod_security
 from ppml.deploy.settings import BROKER_PORT, BROKER_SA, SECRETS_DIR, DeploymentSettings
 
 __all__ = ["broker_config", "broker_policy", "broker_objects", "TLS_SECRETS", "BROKER_SECRETS", "AUDIT_KEY_SECRET",
-           "AUDIT_KEY_NAME", "broker_hosts", "audit_key_config"]
+           "AUDIT_KEY_NAME", "NONCE_SECRETS", "broker_hosts", "audit_key_config", "broker_secrets"]
 
 #: Key Vault secrets holding the broker's certificate chain and private key (PEM).
 TLS_SECRETS = ("ppml-broker-tls-cert", "ppml-broker-tls-key")
@@ -29,8 +31,15 @@ TLS_SECRETS = ("ppml-broker-tls-cert", "ppml-broker-tls-key")
 #: wrapping it (no policy governs it, so it is never released).
 AUDIT_KEY_SECRET = "ppml-broker-audit-key"
 AUDIT_KEY_NAME = "ppml-broker-audit"
-#: Every Key Vault secret the broker mounts.
+#: Every Key Vault secret the broker mounts (and, with a shared Redis, :data:`NONCE_SECRETS` too).
 BROKER_SECRETS = (*TLS_SECRETS, AUDIT_KEY_SECRET)
+#: With ``--broker-redis``: the nonce secret the replicas share and the Redis access key.
+NONCE_SECRETS = ("ppml-broker-nonce-secret", "ppml-broker-redis-password")
+
+
+def broker_secrets(settings: DeploymentSettings) -> tuple[str, ...]:
+    """The Key Vault secrets the broker pods mount."""
+    return (*BROKER_SECRETS, *(NONCE_SECRETS if settings.broker_redis else ()))
 _CONFIG_DIR = "/etc/ppml-broker"
 _FILES_DIR = f"{_CONFIG_DIR}/files"
 _AUDIT_DIR = "/var/lib/ppml-broker/audit"
@@ -50,7 +59,9 @@ def broker_policy(settings: DeploymentSettings) -> dict[str, Any]:
 
 
 def broker_config(settings: DeploymentSettings) -> dict[str, Any]:
-    return {"listen": {"host": "0.0.0.0", "port": BROKER_PORT},
+    nonces = {"nonces": {"secret": f"file:{SECRETS_DIR}/{NONCE_SECRETS[0]}",
+                         "redis": {"url": settings.broker_redis, "password": f"file:{SECRETS_DIR}/{NONCE_SECRETS[1]}"}}}
+    return {**(nonces if settings.broker_redis else {}), "listen": {"host": "0.0.0.0", "port": BROKER_PORT},
             "tls": {"certificate": f"{SECRETS_DIR}/{TLS_SECRETS[0]}", "private_key": f"{SECRETS_DIR}/{TLS_SECRETS[1]}"},
             "kms": [{"backend": "azure", "vault": settings.vault}],
             "verifiers": settings.tee.verifier(_FILES_DIR),
@@ -67,7 +78,7 @@ def audit_key_config(settings: DeploymentSettings) -> dict[str, Any]:
     ``ppml broker audit new-key --config broker-audit/broker.yaml --key-name ppml-broker-audit`` writes
     ``audit-key.json`` (stored as the Key Vault secret :data:`AUDIT_KEY_SECRET`) and ``audit-key.json.pub``
     (publish it: auditors verify the log with it)."""
-    return {**broker_config(settings), "listen": {"host": "127.0.0.1", "port": BROKER_PORT},
+    return {**{k: v for k, v in broker_config(settings).items() if k != "nonces"}, "listen": {"host": "127.0.0.1", "port": BROKER_PORT},
             "tls": {"certificate": "../broker-tls/broker.pem", "private_key": "../broker-tls/broker-key.pem"},
             "verifiers": settings.tee.verifier("."), "policies": ["policy.yaml"], "audit_log": "audit.jsonl",
             "audit_key": "audit-key.json"}
@@ -143,7 +154,7 @@ def broker_objects(settings: DeploymentSettings, *, ca_pem: bytes, files: dict[s
                   # Each replica accepts only the nonces it issued (no shared nonce store here): a pod's
                   # connections stay with one replica, so a reconnect between nonce and release still works.
                   **({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 3600}}}
-                     if settings.broker_replicas > 1 else {}),
+                     if settings.broker_replicas > 1 and not settings.broker_redis else {}),
                   "ports": [{"name": "https", "port": BROKER_PORT, "targetPort": "https", "protocol": "TCP"}]}},
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(settings, "ppml-broker"),
          # one replica may go (node upgrades) while another serves; a single replica must be allowed to go

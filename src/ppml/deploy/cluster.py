@@ -181,8 +181,12 @@ def network_policies(settings: DeploymentSettings) -> list[dict[str, Any]]:
                 {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": _PRIVATE[-1:]}}], "ports": _tcp(443)}]),
     ]
     if settings.broker:
+        # With --broker-redis the replicas reach their shared Redis (a managed cache, perhaps on a private endpoint).
+        redis = ([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                   "ports": _tcp(int(settings.broker_redis.rsplit(":", 1)[1].split("/")[0]))}]
+                 if settings.broker_redis else [])
         objects.append(policy("ppml-broker", _pods("broker"), [{"from": [spark], "ports": _tcp(BROKER_PORT)}],
-                              [dns, azure]))
+                              [dns, azure, *redis]))
     return objects
 
 

@@ -32,7 +32,7 @@ import yaml
 
 from ppml.attest.policy import load_policy
 from ppml.broker.scaffold import write_tls_files
-from ppml.deploy.broker import BROKER_SECRETS, audit_key_config, broker_hosts, broker_objects, broker_policy
+from ppml.deploy.broker import audit_key_config, broker_secrets, broker_hosts, broker_objects, broker_policy
 from ppml.deploy.cluster import (admission_policy, auth_secret, data_keys_config_map, namespace_objects, network_policies,
                                  new_auth_secret, secret_provider_class)
 from ppml.deploy.pods import SPARK_CONTAINER, broker_url, spark_pod_template
@@ -114,7 +114,7 @@ def render(settings: DeploymentSettings, *, auth_value: bytes | None = None) -> 
     if settings.broker:
         _checked_policy(settings)
         key_vault.append(secret_provider_class(settings, "ppml-broker", str(settings.broker_client_id),
-                                               [{"objectName": s, "objectType": "secret"} for s in BROKER_SECRETS]))
+                                               [{"objectName": s, "objectType": "secret"} for s in broker_secrets(settings)]))
     if key_vault:
         cluster["cluster/30-key-vault.yaml"] = key_vault
     if data_keys:

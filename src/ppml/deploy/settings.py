@@ -45,9 +45,11 @@ class DeploymentSettings:
         Client id of the user-assigned managed identity of the Spark pods (workload identity).
     secrets
         Key Vault secrets mounted into Spark pods under ``/mnt/secrets-store`` (e.g. ``keystore-pass``).
-    broker, broker_client_id, broker_key, broker_replicas
-        Whether to deploy the key broker, its own identity, the Key Vault key whose data keys it releases
-        and its replica count.
+    broker, broker_client_id, broker_key, broker_replicas, broker_redis
+        Whether to deploy the key broker, its own identity, the Key Vault key whose data keys it releases,
+        its replica count, and the Redis (``rediss://HOST:PORT/DB``, e.g. Azure Cache for Redis) through
+        which replicas share used nonces; without it each replica accepts only its own nonces and the
+        Service keeps a client on one replica.
     data_keys
         Data-key files (wrapped keys only) shipped to pods in a ConfigMap under ``/etc/ppml/data-keys``.
     egress_cidrs
@@ -67,6 +69,7 @@ class DeploymentSettings:
     broker_client_id: str | None = None
     broker_key: str = "ppml"
     broker_replicas: int = 2
+    broker_redis: str | None = None
     data_keys: tuple[str, ...] = ()
     egress_cidrs: tuple[str, ...] = ()
     submitters: tuple[str, ...] = ()
@@ -105,4 +108,9 @@ class DeploymentSettings:
                 raise UsageError(f"--submitter {who!r}: give user:NAME or group:NAME")
         if not 1 <= self.broker_replicas <= 10:
             raise UsageError("--broker-replicas must be between 1 and 10")
+        if self.broker_redis is not None and not re.match(r"^rediss://[A-Za-z0-9.-]+:\d{1,5}(/\d{1,2})?$",
+                                                           self.broker_redis):
+            raise UsageError(f"--broker-redis {self.broker_redis!r} is not rediss://HOST:PORT[/DB]",
+                             hint="TLS only, and no credentials in the URL: the password comes from the Key Vault "
+                                  "secret ppml-broker-redis-password")
         self.tee.check(broker=self.broker)
