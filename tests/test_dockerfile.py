@@ -45,6 +45,24 @@ def test_multi_stage_pinned_bases(instructions):
     assert any(line.startswith("pyspark==") for line in pins)
 
 
+def test_the_image_pins_everything_its_extras_and_the_broker_need():
+    """The broker serves with uvicorn's httptools protocol (ppml.broker.connections), on uvloop
+    (ppml.broker.server), and replicas share nonces through Redis (ppml.broker.nonces): all three must come
+    with the attest extra, and the image must pin every dependency of the extras it installs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    assert {"uvicorn", "httptools", "uvloop", "redis"} <= names(extras["attest"])
+    installed = re.search(r'pip install --constraint \S+ "\.\[([a-z,]+)\]"', (ROOT / "docker" / "Dockerfile").read_text())
+    wanted = names(project["dependencies"]).union(*(names(extras[e]) for e in installed.group(1).split(",")))
+    pins = {line.split("==")[0].lower().replace("_", "-")
+            for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines() if line and line[0] != "#"}
+    assert wanted - pins == set()
+
+
 def test_non_root_and_nothing_secret(instructions):
     from ppml.deploy import image
 
