@@ -1,0 +1,94 @@
+"""Encrypted data sets as Arrow tables or pandas DataFrames, for scikit-learn, XGBoost and LightGBM.
+
+Each file is decrypted as it is parsed (``ppml.open`` gives pyarrow an ordinary seekable file), so no plaintext
+copy is ever written; a folder is read file by file (names starting with ``.`` or ``_`` are skipped, as in
+Spark) and its tables concatenated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ppml.errors import NotFoundError, UsageError
+from ppml.io import recipes
+from ppml.io.storage import locate
+from ppml.keys.settings import KeySettings
+from ppml.ml.library import require
+
+__all__ = ["read_arrow", "read_pandas", "data_files", "FORMATS"]
+
+FORMATS = ("csv", "parquet", "json")
+PathLike = str | os.PathLike
+
+
+def data_files(paths: PathLike | Sequence[PathLike]) -> list[str]:
+    """Every file of each path (a file or a folder, recursively), in name order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = []
+    for path in paths:
+        location = locate(os.fspath(path))
+        if not location.exists():
+            raise NotFoundError(f"{location.url} does not exist")
+        found.extend(location.child(rel).url if rel else location.url for rel, _ in sorted(location.files()))
+    if not found:
+        raise NotFoundError(f"no data files under {', '.join(os.fspath(p) for p in paths)}")
+    return found
+
+
+def _csv_options(options: dict[str, Any]):
+    csv = require("pyarrow.csv", "ml")
+    header = options.pop("header", True)
+    sep = options.pop("sep", ",")
+    names = options.pop("column_names", None)
+    types = options.pop("column_types", None)
+    read = csv.ReadOptions(column_names=names, autogenerate_column_names=not header and names is None,
+                           skip_rows=1 if header and names else 0)
+    parse = csv.ParseOptions(delimiter=sep)
+    convert = csv.ConvertOptions(column_types=types, include_columns=options.pop("columns", None))
+    if options:
+        raise UsageError(f"unknown CSV options {sorted(options)}",
+                         hint="use header, sep, column_names, column_types, columns")
+    return read, parse, convert
+
+
+def read_arrow(paths: PathLike | Sequence[PathLike], *, keys: KeySettings | None = None, format: str = "csv",
+               **options: Any):
+    """Read encrypted files into one ``pyarrow.Table``.
+
+    Parameters
+    ----------
+    paths
+        A file, a folder of files, or a list of them (local paths or URLs).
+    keys
+        Which key management services unwrap each file's key (named in its header).
+    format
+        ``csv`` (default), ``parquet`` (Parquet files encrypted whole by ppml) or ``json`` (JSON lines).
+    **options
+        CSV: ``header`` (default True), ``sep`` (``,``), ``column_names``, ``column_types`` (``{name: pyarrow
+        type}``), ``columns`` (read only these). Parquet: ``columns``.
+    """
+    pyarrow = require("pyarrow", "ml")
+    if format not in FORMATS:
+        raise UsageError(f"unknown data format {format!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    keys = keys or KeySettings()
+    tables = []
+    for name in data_files(paths):
+        with recipes.open(name, "rb", keys=keys) as plaintext:
+            if format == "csv":
+                read, parse, convert = _csv_options(dict(options))
+                tables.append(require("pyarrow.csv", "ml").read_csv(plaintext, read_options=read, parse_options=parse,
+                                                                    convert_options=convert))
+            elif format == "parquet":
+                tables.append(require("pyarrow.parquet", "ml").read_table(plaintext, **options))
+            else:
+                tables.append(require("pyarrow.json", "ml").read_json(plaintext, **options))
+    return pyarrow.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def read_pandas(paths: PathLike | Sequence[PathLike], *, keys: KeySettings | None = None, format: str = "csv",
+                **options: Any):
+    """:func:`read_arrow` as a pandas ``DataFrame``."""
+    return read_arrow(paths, keys=keys, format=format, **options).to_pandas()
