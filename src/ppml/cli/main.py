@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__
-from ppml.cli import attest, azure, broker, cp, data, keys, tpch
+from ppml.cli import attest, azure, broker, cp, data, keys, ml, tpch
 from ppml.cli._common import err
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
@@ -32,6 +32,7 @@ app.add_typer(tpch.app, name="tpch")
 app.add_typer(azure.app, name="azure")
 app.add_typer(broker.app, name="broker")
 app.add_typer(attest.app, name="attest")
+app.add_typer(ml.app, name="ml")
 data.register(app)
 cp.register(app)
 app.command()(demo)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ppml.errors import SchemaMismatchError, UsageError
 
-__all__ = ["Column", "columns_of", "check_columns", "family"]
+__all__ = ["Column", "columns_of", "check_columns", "family", "sql_type"]
 
 Column = dict[str, Any]
 
@@ -83,3 +83,19 @@ def check_columns(expected: Sequence[Column], available: Sequence[Column], *, wh
         raise SchemaMismatchError(f"{what} does not fit the model: {'; '.join(problems)}",
                                   hint="the model expects " + ", ".join(
                                       f"{c['name']} {c.get('type') or '?'}" for c in expected))
+
+
+_SQL_TYPES = {"int8": "tinyint", "int16": "smallint", "int32": "int", "int64": "bigint", "uint8": "smallint",
+              "uint16": "int", "uint32": "bigint", "uint64": "bigint", "halffloat": "float", "float": "float",
+              "double": "double", "bool": "boolean", "string": "string", "large_string": "string",
+              "date32[day]": "date"}
+
+
+def sql_type(arrow_type: Any) -> str:
+    """The Spark SQL name of an Arrow type (``int64`` -> ``bigint``); text for types CSV cannot carry."""
+    name = str(arrow_type)
+    if name.startswith("timestamp"):
+        return "timestamp"
+    if name.startswith("decimal"):
+        return name.replace("decimal128", "decimal").replace(" ", "")
+    return _SQL_TYPES.get(name, "string")
