@@ -1,8 +1,8 @@
 """scikit-learn models in skops' format (``skops.io``): no pickle, only allowed types are rebuilt.
 
-skops stores an estimator as a ZIP of JSON descriptions and numpy arrays; loading rebuilds only types on its
-allow-list (scikit-learn, numpy, scipy), so a model file cannot run code when it is loaded even with its
-key. Objects of other types (a custom transformer in a pipeline) must be named by the caller
+skops stores an estimator as a ZIP of JSON descriptions and numpy arrays; loading rebuilds only allowed types
+(skops' list, and every type of the ``sklearn`` package), so a model file cannot run code when it is loaded
+even with its key. Objects of other types (a custom transformer in a pipeline) must be named by the caller
 (``trusted=[...]``) to be loaded.
 """
 
@@ -50,7 +50,9 @@ class SklearnModels(ModelLibrary):
                                   hint=f"this ppml reads scikit-learn models in {FORMAT} format")
         data = files[ENTRY]
         found = skops_io.get_untrusted_types(data=data)
-        untrusted = [t for t in found if t not in trusted]
+        # skops leaves some of scikit-learn's own types to the caller (sklearn.tree._tree.Tree); ppml trusts
+        # scikit-learn's package, and nothing outside it unless named.
+        untrusted = [t for t in found if t not in trusted and not t.startswith("sklearn.")]
         if untrusted:
             raise UsageError(f"the model holds types outside scikit-learn's that are not trusted: {untrusted}",
                              hint="if you trust them, pass trusted=[...] (--trust NAME) naming each")
