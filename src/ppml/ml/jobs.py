@@ -125,12 +125,11 @@ def train(spec: DataSpec, *, estimator: Estimator, label: str, out: str, data_ke
     columns = infer_columns(spec, keys)
     chosen = _feature_columns(columns, label, features)
     types = dict(columns)
-    kept = {name: types[name] for name in (*chosen, label)}
     clock = time.perf_counter()
     if estimator.engine == "spark":
         from ppml.ml import spark_jobs
 
-        _, frame = spark_jobs.read(spark, spec, keys, list(kept.items()))
+        _, frame = spark_jobs.read(spark, spec, keys, columns, wanted=[*chosen, label])
         read_seconds = time.perf_counter() - clock  # lazy: Spark reads while it fits
         model, metrics, rows, seconds = spark_jobs.fit(frame, estimator, params, seed, chosen, label, test_fraction)
     else:

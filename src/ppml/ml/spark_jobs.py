@@ -28,8 +28,10 @@ __all__ = ["fit", "score", "read", "FEATURES"]
 FEATURES = "ppml_features"
 
 
-def read(spark: Any, spec, keys: KeySettings, columns: Sequence[tuple[str, Any]], data_key: str | None = None):
-    """The encrypted data set as a DataFrame with the given columns (names and Arrow types)."""
+def read(spark: Any, spec, keys: KeySettings, columns: Sequence[tuple[str, Any]], data_key: str | None = None,
+         wanted: Sequence[str] | None = None):
+    """The encrypted data set, whose files have ``columns`` (names and Arrow types), as a DataFrame of the
+    ``wanted`` columns (default: all; the others are not even parsed)."""
     from ppml.spark import PPMLContext
 
     if spark is None:
@@ -40,6 +42,8 @@ def read(spark: Any, spec, keys: KeySettings, columns: Sequence[tuple[str, Any]]
     schema = StructType([StructField(name, DataType.fromDDL(sql_type(t))) for name, t in columns])
     ctx = PPMLContext(spark, keys=keys, data_key=data_key)
     reader = ctx.read().schema(schema)
+    if wanted is not None:
+        reader = reader.columns(*wanted)
     if spec.format == "csv":
         reader = reader.option("header", spec.header).option("sep", spec.sep)
     return ctx, reader.load(list(spec.paths), spec.format)
