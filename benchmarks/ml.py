@@ -210,10 +210,9 @@ def main() -> int:
     ctx = ppml.PPMLContext(spark, keys=_keys(root), data_key=str(root / "dk.json"))
     _warm(plain, encrypted)
     # Untimed: JVM and JIT, Spark's Python workers, the key unwrapped, XGBoost loaded, for both variants.
-    schema = "orderkey bigint"
-    ctx.read().option("header", True).columns("orderkey").schema(
-        "orderkey bigint, a double, b double, c double, d double, e int, f int, late double").csv(str(encrypted)).count()
-    spark.read.option("header", True).schema(schema).csv(str(plain)).count()
+    layout = "orderkey bigint, a double, b double, c double, d double, e int, f int, late double"
+    ctx.read().option("header", True).schema(layout).columns("orderkey").csv(str(encrypted)).count()
+    spark.read.option("header", True).schema("orderkey bigint").csv(str(plain)).count()
     xgboost_run("encrypted", plain, encrypted, out, root, 1)
     xgboost_run("plaintext", plain, encrypted, out, root, 1)
     results: dict[tuple[str, str], list[dict]] = {}

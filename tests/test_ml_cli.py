@@ -145,3 +145,18 @@ def test_a_model_is_released_only_to_attested_processes(workspace, tmp_path):
         assert denied.returncode != 0 and "KeyAccessError" in denied.stderr and "denied" in denied.stderr
         decisions = [e["decision"] for e in broker.audit_entries() if e.get("event") == "release"]
         assert decisions[-2:] == ["allow", "deny"]
+
+
+def test_the_demo_trains_on_encrypted_and_plaintext_data_alike(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPML_")}
+    result = subprocess.run([*PPML, "ml", "demo", "--dir", str(tmp_path / "demo"), "--no-spark", "--json"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "Breast Cancer Wisconsin" in report["data_set"]
+    assert [r["estimator"] for r in report["rows"]] == ["sklearn:random-forest-classifier",
+                                                        "xgboost:classifier", "lightgbm:classifier"]
+    for row in report["rows"]:
+        assert row["same_quality"] and row["encrypted"]["accuracy"] > 0.9, row
+        assert ppml.inspect(row["model"]).format == "aes_gcm_stream"
+    assert report["score"]["rows"] == 569 and report["score"]["metrics"]["accuracy"] > 0.9

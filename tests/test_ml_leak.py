@@ -42,7 +42,8 @@ CHILD = textwrap.dedent("""
     builder = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
                .config("spark.local.dir", str(root / "spark-local")).config("spark.sql.shuffle.partitions", "2"))
     ctx = ppml.PPMLContext(builder, keys=keys, data_key=dk)
-    frame = ctx.read().option("header", True).schema("x1 double, x2 double, tag string, y double").csv(str(root / "enc"))
+    schema = "x1 double, x2 double, tag string, y double"
+    frame = ctx.read().option("header", True).schema(schema).csv(str(root / "enc"))
     pipeline = Pipeline(stages=[StringIndexer(inputCol="tag", outputCol="tag_i"),
                                 VectorAssembler(inputCols=["x1", "x2", "tag_i"], outputCol="features"),
                                 LogisticRegression(labelCol="y", maxIter=5)])

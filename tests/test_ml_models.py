@@ -42,7 +42,8 @@ def ml_keys(tmp_path_factory) -> dict:
     other = make_keystore(root / "other.json", "other passphrase", "default", passphrase_file=root / "other.pass")
     make_data_key(other, "default", root / "other-dk.json")
     make_data_key(kms, "default", root / "dk2.json")
-    return {"root": root, "keys": ppml.KeySettings(keystore=str(root / "ks.json"), passphrase=f"file:{root / 'ks.pass'}"),
+    settings = ppml.KeySettings(keystore=str(root / "ks.json"), passphrase=f"file:{root / 'ks.pass'}")
+    return {"root": root, "keys": settings,
             "other": ppml.KeySettings(keystore=str(root / "other.json"), passphrase=f"file:{root / 'other.pass'}"),
             "data_key": str(root / "dk.json"), "key": key}
 

@@ -23,7 +23,8 @@ def test_a_module_comes_back_as_its_state_dict(keys, tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     info = ppml.ml.save(net, tmp_path / "net.ppml", data_key=tmp_path / "dk.json", keys=keys)
-    assert info.format == "safetensors" and info.manifest["details"]["module"] == "torch.nn.modules.container.Sequential"
+    assert info.format == "safetensors"
+    assert info.manifest["details"]["module"] == "torch.nn.modules.container.Sequential"
     fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     fresh.load_state_dict(ppml.ml.load(tmp_path / "net.ppml", keys=keys, library="torch"))
     x = torch.randn(5, 4)
@@ -67,9 +68,17 @@ def test_the_dataset_streams_every_row_once(keys, tmp_path, workers):
     assert sorted(seen) == expected
 
 
-def test_the_dataset_refuses_text_features(keys, tmp_path):
+def test_bad_data_is_refused_without_quoting_it(keys, tmp_path):
     with ppml.open(tmp_path / "t.csv.ppml", "wb", data_key=tmp_path / "dk.json", keys=keys) as f:
-        f.write(b"a,label\nx,1\n")
+        f.write(b"a,label\nSECRETVALUE,1\n")
     dataset = ppml.ml.EncryptedCsvDataset(tmp_path / "t.csv.ppml", features=["a"], label="label", keys=keys)
-    with pytest.raises(UsageError, match="not numeric"):
+    with pytest.raises(UsageError, match="not numeric") as raised:
         list(dataset)
+    with ppml.open(tmp_path / "r.csv.ppml", "wb", data_key=tmp_path / "dk.json", keys=keys) as f:
+        f.write(b"a,label\n1,2\n3,SECRETVALUE,4\n")
+    with pytest.raises(UsageError, match="cannot read") as ragged:
+        list(ppml.ml.EncryptedCsvDataset(tmp_path / "r.csv.ppml", features=["a"], label="label", keys=keys))
+    with pytest.raises(UsageError, match="cannot read") as pandas_ragged:
+        ppml.ml.read_pandas(tmp_path / "r.csv.ppml", keys=keys)
+    for error in (raised, ragged, pandas_ragged):
+        assert "SECRETVALUE" not in str(error.value)

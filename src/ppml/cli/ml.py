@@ -16,7 +16,8 @@ from ppml.keys.settings import KeySettings
 app = typer.Typer(help="Machine learning on encrypted data: train, score, inspect models, demo.",
                   no_args_is_help=True, rich_markup_mode="markdown")
 
-DataArg = Annotated[list[str], typer.Argument(metavar="DATA...", help="Encrypted data files or folders (local paths or URLs).")]
+DataArg = Annotated[list[str], typer.Argument(metavar="DATA...",
+                                              help="Encrypted data files or folders (local paths or URLs).")]
 DataKeyOpt = Annotated[Path, typer.Option("--data-key", metavar="FILE",
                                           help="Data-key file to encrypt the output.")]
 FormatOpt = Annotated[str, typer.Option("--format", metavar="FMT",

@@ -17,7 +17,7 @@ from ppml.io.storage import locate
 from ppml.keys.settings import KeySettings
 from ppml.ml.library import require
 
-__all__ = ["read_arrow", "read_pandas", "data_files", "FORMATS"]
+__all__ = ["read_arrow", "read_pandas", "data_files", "parse_error", "csv_options", "FORMATS"]
 
 FORMATS = ("csv", "parquet", "json")
 PathLike = str | os.PathLike
@@ -38,7 +38,17 @@ def data_files(paths: PathLike | Sequence[PathLike]) -> list[str]:
     return found
 
 
-def _csv_options(options: dict[str, Any]):
+def parse_error(name: str, fmt: str, exc: Exception) -> UsageError:
+    """A parse failure named without the data: pyarrow's messages end with the offending row."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if message.count(": ") >= 2:
+        message = message.rsplit(": ", 1)[0]
+    return UsageError(f"cannot read {name} as {fmt}: {message}",
+                      hint="check the format, the separator and the header options")
+
+
+def csv_options(options: dict[str, Any]):
+    """pyarrow's read, parse and convert options from ppml's CSV options (consumed from ``options``)."""
     csv = require("pyarrow.csv", "ml")
     header = options.pop("header", True)
     sep = options.pop("sep", ",")
@@ -77,14 +87,17 @@ def read_arrow(paths: PathLike | Sequence[PathLike], *, keys: KeySettings | None
     tables = []
     for name in data_files(paths):
         with recipes.open(name, "rb", keys=keys) as plaintext:
-            if format == "csv":
-                read, parse, convert = _csv_options(dict(options))
-                tables.append(require("pyarrow.csv", "ml").read_csv(plaintext, read_options=read, parse_options=parse,
-                                                                    convert_options=convert))
-            elif format == "parquet":
-                tables.append(require("pyarrow.parquet", "ml").read_table(plaintext, **options))
-            else:
-                tables.append(require("pyarrow.json", "ml").read_json(plaintext, **options))
+            try:
+                if format == "csv":
+                    read, parse, convert = csv_options(dict(options))
+                    tables.append(require("pyarrow.csv", "ml").read_csv(plaintext, read_options=read,
+                                                                        parse_options=parse, convert_options=convert))
+                elif format == "parquet":
+                    tables.append(require("pyarrow.parquet", "ml").read_table(plaintext, **options))
+                else:
+                    tables.append(require("pyarrow.json", "ml").read_json(plaintext, **options))
+            except pyarrow.ArrowException as exc:
+                raise parse_error(name, format, exc) from None
     return pyarrow.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 

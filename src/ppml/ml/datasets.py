@@ -20,7 +20,7 @@ from ppml.io.files import describe
 from ppml.io.lines import LineRange
 from ppml.io.storage import locate
 from ppml.keys.settings import KeySettings
-from ppml.ml.data import data_files
+from ppml.ml.data import data_files, parse_error
 from ppml.ml.library import require
 
 __all__ = ["EncryptedCsvDataset"]
@@ -89,6 +89,8 @@ class EncryptedCsvDataset(IterableDataset):
         return ranges if worker is None else ranges[worker.id::worker.num_workers]
 
     def _blocks(self, url: str, start: int, end: int) -> Iterator[Any]:
+        import pyarrow
+
         csv = require("pyarrow.csv", "ml")
         wanted = self.features + ([self.label] if self.label else [])
         with recipes.open(url, "rb", keys=self.keys) as plaintext:
@@ -98,9 +100,11 @@ class EncryptedCsvDataset(IterableDataset):
             lines = io.BufferedReader(LineRange(plaintext, start, end), self.block_size)
             read = csv.ReadOptions(column_names=names, skip_rows=1 if self.header and start == 0 else 0,
                                    block_size=self.block_size)
-            reader = csv.open_csv(lines, read_options=read, parse_options=csv.ParseOptions(delimiter=self.sep),
-                                  convert_options=csv.ConvertOptions(include_columns=wanted))
-            yield from reader
+            try:
+                yield from csv.open_csv(lines, read_options=read, parse_options=csv.ParseOptions(delimiter=self.sep),
+                                        convert_options=csv.ConvertOptions(include_columns=wanted))
+            except pyarrow.ArrowException as exc:
+                raise parse_error(url, "csv", exc) from None
 
     def __iter__(self) -> Iterator[Any]:
         import numpy as np
@@ -113,8 +117,9 @@ class EncryptedCsvDataset(IterableDataset):
                                          for c in self.features])
                     y = block.column(self.label).to_numpy(zero_copy_only=False).astype(np.float64) \
                         if self.label else None
-                except (ValueError, TypeError) as exc:
-                    raise UsageError(f"{url}: a feature or label column is not numeric ({exc})") from None
+                except (ValueError, TypeError):  # numpy's message would quote the value
+                    raise UsageError(f"{url}: a feature or label column is not numeric",
+                                     hint=f"features {self.features} and label {self.label} must be numbers") from None
                 xs = torch.from_numpy(x).to(self.dtype)
                 ys = torch.from_numpy(y).to(self.label_dtype) if y is not None else None
                 if self.batches:

@@ -26,7 +26,7 @@ __all__ = ["DATA_SET", "ESTIMATORS", "write_data", "compare"]
 
 DATA_SET = ("Breast Cancer Wisconsin (Diagnostic), UCI Machine Learning Repository (Wolberg, Street, "
             "Mangasarian, 1995), as shipped in scikit-learn (sklearn/datasets/data/breast_cancer.csv)")
-ESTIMATORS = ("sklearn:hist-gradient-boosting-classifier", "xgboost:classifier", "lightgbm:classifier",
+ESTIMATORS = ("sklearn:random-forest-classifier", "xgboost:classifier", "lightgbm:classifier",
               "spark:logistic-regression")
 LABEL = "malignant"
 

@@ -66,24 +66,30 @@ class ScoreResult:
 
 def infer_columns(spec: DataSpec, keys: KeySettings) -> list[tuple[str, Any]]:
     """Column names and Arrow types of the data set, from its first file (the first block of a CSV)."""
+    import pyarrow
+
     from ppml.io import recipes
 
     first = ml_data.data_files(spec.paths)[0]
     with recipes.open(first, "rb", keys=keys) as plaintext:
-        if spec.format == "csv":
-            import pyarrow.csv as csv
+        try:
+            if spec.format == "csv":
+                import pyarrow.csv as csv
 
-            read, parse, convert = ml_data._csv_options(spec.csv_options())
-            schema = csv.open_csv(plaintext, read_options=read, parse_options=parse, convert_options=convert).schema
-        elif spec.format == "parquet":
-            import pyarrow.parquet as pq
+                read, parse, convert = ml_data.csv_options(spec.csv_options())
+                schema = csv.open_csv(plaintext, read_options=read, parse_options=parse,
+                                      convert_options=convert).schema
+            elif spec.format == "parquet":
+                import pyarrow.parquet as pq
 
-            schema = pq.read_schema(plaintext)
-        else:
-            import pyarrow.json as pj
+                schema = pq.read_schema(plaintext)
+            else:
+                import pyarrow.json as pj
 
-            schema = pj.read_json(plaintext).schema
-    return list(zip(schema.names, schema.types))
+                schema = pj.read_json(plaintext).schema
+        except pyarrow.ArrowException as exc:
+            raise ml_data.parse_error(first, spec.format, exc) from None
+    return list(zip(schema.names, schema.types, strict=True))
 
 
 def _feature_columns(columns: Sequence[tuple[str, Any]], label: str, features: Sequence[str] | None) -> list[str]:

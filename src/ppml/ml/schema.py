@@ -46,10 +46,10 @@ def columns_of(schema: Any) -> list[Column]:
         return []
     module = type(schema).__module__.split(".")[0]
     if module == "pandas" and hasattr(schema, "dtypes"):  # a DataFrame: its columns
-        return [{"name": str(n), "type": str(t)} for n, t in zip(schema.columns, schema.dtypes)]
+        return [{"name": str(n), "type": str(t)} for n, t in zip(schema.columns, schema.dtypes, strict=True)]
     if module == "pyarrow" and hasattr(schema, "names"):  # a schema or a table
         arrow = getattr(schema, "schema", schema)
-        return [{"name": n, "type": str(t)} for n, t in zip(arrow.names, arrow.types)]
+        return [{"name": n, "type": str(t)} for n, t in zip(arrow.names, arrow.types, strict=True)]
     fields = getattr(schema, "fields", None)
     if fields is not None:  # a Spark StructType
         return [{"name": f.name, "type": _spark_name(f.dataType)} for f in fields]
