@@ -108,7 +108,7 @@ def test_refusals_have_their_exit_codes(trained, workspace):
 
 
 def test_help_reads_at_80_columns(workspace):
-    for command in ("train", "score", "inspect", "estimators"):
+    for command in ("train", "score", "inspect", "estimators", "demo"):
         shown = _run(workspace, "ml", command, "--help").stdout
         assert "Example" in shown and max(len(line) for line in shown.splitlines()) <= 80
     listed = json.loads(_run(workspace, "ml", "estimators", "--json").stdout)["estimators"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppml.errors import SchemaMismatchError, UsageError
+from ppml.errors import AlreadyExistsError, SchemaMismatchError, UsageError
 from ppml.keys.settings import KeySettings
 from ppml.ml import data as ml_data
 from ppml.ml.estimators import Estimator
@@ -108,6 +108,15 @@ def _feature_columns(columns: Sequence[tuple[str, Any]], label: str, features: S
     return chosen
 
 
+def _refuse_existing(out: str | os.PathLike, force: bool) -> None:
+    """Fail before the work, not after it, when the output exists."""
+    from ppml.io.storage import locate
+
+    target = locate(os.fspath(out))
+    if not force and target.exists() and (not target.is_dir() or target.files()):
+        raise AlreadyExistsError(f"{target.url} already exists", hint="use --force to replace it")
+
+
 def _code_digest(estimator: Estimator, params: dict[str, Any], seed: int | None) -> str:
     from ppml import __version__
 
@@ -126,6 +135,7 @@ def train(spec: DataSpec, *, estimator: Estimator, label: str, out: str, data_ke
     """
     if not 0 <= test_fraction < 1:
         raise UsageError(f"the test fraction must be at least 0 and below 1, not {test_fraction}")
+    _refuse_existing(out, force)
     params = dict(params or {})
     started = time.perf_counter()
     columns = infer_columns(spec, keys)
@@ -208,6 +218,7 @@ def score(model_path: str | os.PathLike, spec: DataSpec, *, out: str, data_key: 
     """
     from ppml.ml.models import inspect
 
+    _refuse_existing(out, force)
     started = time.perf_counter()
     library = inspect(model_path, keys=keys).library
     if library == "torch":
