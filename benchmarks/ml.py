@@ -18,12 +18,13 @@ Two workloads, each on both variants, alternating which goes first from one repe
    the scores written as CSV, through ``ppml.open`` or to a plain file.
 
 Model quality (held-out AUC and accuracy) is reported for both variants, with the largest difference between
-the two models' coefficients (Spark) or predictions (XGBoost). All inputs are read once before timing.
+the two models' coefficients (Spark) or predictions (XGBoost). All inputs are read once before timing, and
+``--warmup`` whole repeats run untimed first (JVM JIT, Spark's Python workers, the key, imports).
 
 Usage::
 
-    .venv/bin/python benchmarks/ml.py --scale 0.02 --repeat 1     # quick check
-    .venv/bin/python benchmarks/ml.py --scale 0.5 --repeat 2      # the benchmark: 3 million rows
+    .venv/bin/python benchmarks/ml.py --scale 0.02 --repeat 1 --warmup 0   # quick check
+    .venv/bin/python benchmarks/ml.py --scale 0.5 --repeat 5               # the benchmark: 3 million rows
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.5, help="TPC-H scale (0.5: 3 million rows)")
     parser.add_argument("--dir", type=Path, default=Path("bench-ml"))
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repeats first (JIT, caches, workers)")
     parser.add_argument("--parts", type=int, default=4, help="CSV part files")
     parser.add_argument("--iterations", type=int, default=10, help="logistic regression iterations")
     parser.add_argument("--trees", type=int, default=50, help="XGBoost trees")
@@ -209,23 +211,18 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     ctx = ppml.PPMLContext(spark, keys=_keys(root), data_key=str(root / "dk.json"))
     _warm(plain, encrypted)
-    # Untimed: JVM and JIT, Spark's Python workers, the key unwrapped, XGBoost loaded, for both variants.
-    layout = "orderkey bigint, a double, b double, c double, d double, e int, f int, late double"
-    ctx.read().option("header", True).schema(layout).columns("orderkey").csv(str(encrypted)).count()
-    spark.read.option("header", True).schema("orderkey bigint").csv(str(plain)).count()
-    xgboost_run("encrypted", plain, encrypted, out, root, 1)
-    xgboost_run("plaintext", plain, encrypted, out, root, 1)
     results: dict[tuple[str, str], list[dict]] = {}
-    for repeat in range(args.repeat):
+    for repeat in range(-args.warmup, args.repeat):  # negative: untimed warm-up repeats, results dropped
         order = ("encrypted", "plaintext") if repeat % 2 == 0 else ("plaintext", "encrypted")
         for workload in ("spark", "xgboost"):
             for variant in order:
-                note(f"repeat {repeat + 1}: {workload} {variant}")
+                note(f"repeat {repeat + 1 if repeat >= 0 else 'warm-up'}: {workload} {variant}")
                 if workload == "spark":
                     run = spark_run(spark, ctx, variant, plain, encrypted, out, args.iterations)
                 else:
                     run = xgboost_run(variant, plain, encrypted, out, root, args.trees)
-                results.setdefault((workload, variant), []).append(run)
+                if repeat >= 0:
+                    results.setdefault((workload, variant), []).append(run)
     saving = time.perf_counter()
     ppml.ml.save(results[("spark", "encrypted")][0]["fitted"], root / "spark-model.ppml",
                  data_key=root / "dk.json", keys=_keys(root), force=True, spark=spark)
@@ -237,9 +234,10 @@ def main() -> int:
     spark.stop()
 
     end_load = os.getloadavg()
-    say(f"{rows:,} rows (TPC-H scale {args.scale:g} lineitem), {args.parts} CSV parts; {args.repeat} repeat(s), "
-        f"median seconds; {args.master}; CPU {cpu_model()}; load average at start {load[0]:.2f} / {load[1]:.2f} / "
-        f"{load[2]:.2f}, at end {end_load[0]:.2f} / {end_load[1]:.2f} / {end_load[2]:.2f}")
+    say(f"{rows:,} rows (TPC-H scale {args.scale:g} lineitem), {args.parts} CSV parts; {args.warmup} untimed and "
+        f"{args.repeat} timed repeat(s), median seconds; {args.master}; CPU {cpu_model()}; load average at start "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, at end "
+        f"{end_load[0]:.2f} / {end_load[1]:.2f} / {end_load[2]:.2f}")
     say()
     say("| workload | step | encrypted s | plaintext s | ratio of medians | ratio per repeat |")
     say("|---|---|---:|---:|---:|---|")

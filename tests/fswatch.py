@@ -6,8 +6,9 @@ the file at once (Spark's shuffle and spill files, temporary files). Every persi
 proc, sysfs, tmpfs, ramfs and the like) is marked whole, so nothing written to a disk escapes, wherever it
 is. Needs ``CAP_SYS_ADMIN`` (root) and Linux 4.20+; :func:`available` says whether it works here.
 
-Files closed by processes outside this test's process tree are read only up to ``foreign_limit`` bytes:
-the machine is shared, and another program's multi-GB outputs cannot hold this test's random needles.
+Files closed by live processes outside this test's process tree are read only up to ``foreign_limit`` bytes:
+the machine is shared, and another program's multi-GB outputs cannot hold this test's random needles. Files
+of processes that have exited by the time their event is read are read whole, as this test's own are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import struct
 import threading
 from pathlib import Path
 
-_FAN_CLOEXEC, _FAN_CLASS_NOTIF = 0x1, 0x0
+_FAN_CLOEXEC, _FAN_CLASS_NOTIF, _FAN_UNLIMITED_QUEUE = 0x1, 0x0, 0x10
 _FAN_MARK_ADD, _FAN_MARK_FILESYSTEM = 0x1, 0x100
 _FAN_CLOSE_WRITE, _FAN_Q_OVERFLOW = 0x8, 0x4000
 _AT_FDCWD = -100
@@ -80,7 +81,7 @@ class PersistentWrites(threading.Thread):
     tree's files), ``overflowed`` (events were lost: the result proves nothing).
     """
 
-    def __init__(self, needles: list[bytes], *, foreign_limit: int = 64 << 20) -> None:
+    def __init__(self, needles: list[bytes], *, foreign_limit: int = 1 << 20) -> None:
         super().__init__(daemon=True)
         self.needles, self.foreign_limit = needles, foreign_limit
         self.hits: dict[str, list[bytes]] = {}
@@ -89,7 +90,9 @@ class PersistentWrites(threading.Thread):
         self._stop_event = threading.Event()
         self._root = os.getpid()
         libc = _libc()
-        self._fd = libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC, os.O_RDONLY | os.O_LARGEFILE)
+        # An unlimited queue: on a busy machine the kernel would otherwise drop events past 16384.
+        self._fd = libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_UNLIMITED_QUEUE,
+                                      os.O_RDONLY | os.O_LARGEFILE)
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "fanotify_init")
         for mount_point, _ in persistent_mounts():
