@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+from ppml.crypto.formats import get_format
 from ppml.errors import UsageError, WrongModelError
 from ppml.io import recipes
 from ppml.keys.settings import KeySettings
@@ -76,7 +77,7 @@ def read_container(path: str | os.PathLike, *, keys: KeySettings | None,
     """
     name = os.fspath(path)
     info = recipes.inspect(name)
-    if info.format == "plain_text":
+    if not get_format(info.format).encrypted:
         raise UsageError(f"{name} is not encrypted; ppml loads models only from encrypted, authenticated files",
                          hint="save models with ppml.ml.save or 'ppml ml train'")
     with recipes.open(name, "rb", keys=keys, data_key=data_key) as encrypted:
