@@ -206,7 +206,7 @@ def main() -> int:
     note(f"{rows:,} rows; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     spark = secure_session(SparkSession.builder.master(args.master).appName("ppml-ml-bench")
-                           .config("spark.driver.memory", "6g").config("spark.ui.enabled", "false")
+                           .config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
                            .config("spark.sql.shuffle.partitions", "8"))
     spark.sparkContext.setLogLevel("ERROR")
     ctx = ppml.PPMLContext(spark, keys=_keys(root), data_key=str(root / "dk.json"))
