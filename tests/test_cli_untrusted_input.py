@@ -106,3 +106,25 @@ def test_deeply_nested_evidence_is_a_clean_attestation_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "RecursionError" not in err
     assert "is not valid JSON (nested too deeply)" in err
+
+
+def test_ml_inspect_prints_column_names_from_the_training_data_escaped(tmp_path, capsys, monkeypatch):
+    """Feature names come from the training data's header, which whoever supplied the data wrote."""
+    pytest.importorskip("skops")
+    from keystores import make_data_key
+    from sklearn.linear_model import LogisticRegression
+
+    from ppml.keys.settings import KeySettings
+    from ppml.ml.models import save
+
+    kms = make_keystore(tmp_path / "ks.json", "cli untrusted passphrase", "default")
+    make_data_key(kms, "default", tmp_path / "dk.json")
+    monkeypatch.setenv("PPML_KEYSTORE", str(tmp_path / "ks.json"))
+    monkeypatch.setenv("PPML_KEYSTORE_PASSWORD", "cli untrusted passphrase")
+    model = LogisticRegression().fit([[0.0, 1.0], [1.0, 0.0], [0.0, 0.5], [1.0, 0.2]], [0, 1, 0, 1])
+    save(model, tmp_path / "model.ppml", data_key=tmp_path / "dk.json", features=HOSTILE_NAMES[:2],
+         keys=KeySettings(keystore=str(tmp_path / "ks.json"), passphrase="env:PPML_KEYSTORE_PASSWORD"))
+    assert main(["ml", "inspect", str(tmp_path / "model.ppml")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "\x1b" not in captured.out
+    assert "[/]" in captured.out and "a\\x1b[2J\\x1b[1;1Hb" in captured.out

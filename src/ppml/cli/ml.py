@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ppml.cli._common import ForceOpt, JsonOpt, emit_json, err, out
+from ppml.cli._common import ForceOpt, JsonOpt, emit_json, err, out, shown
 from ppml.cli.options import key_options
 from ppml.cli.tpch import ConfOpt, _session
 from ppml.keys.settings import KeySettings
@@ -178,7 +178,7 @@ def inspect(
             ("inputs", ", ".join(i["path"] for i in provenance.get("inputs", [])) or "-"),
             ("code sha256", (provenance.get("code") or {}).get("sha256") or "-")]
     for name, value in rows:
-        table.add_row(f"[bold]{name}[/]", value)
+        table.add_row(f"[bold]{name}[/]", shown(value))  # names come from the training data's header
     out.print(table)
 
 
