@@ -66,6 +66,26 @@ def _loadavg() -> str:
         return "unknown"
 
 
+def wait_for_idle(limit: float, *, window: float = 5.0, share: float = 0.9) -> str:
+    """Wait up to ``limit`` seconds for ``window`` seconds in which the machine was at least ``share`` idle;
+    say what was found (the report prints it)."""
+    deadline = time.monotonic() + limit
+    best = 0.0
+    while True:
+        busy0, idle0, steal0 = machine_ticks()
+        time.sleep(window)
+        busy1, idle1, steal1 = machine_ticks()
+        total = (busy1 - busy0) + (idle1 - idle0) + (steal1 - steal0)
+        idle = (idle1 - idle0) / total if total else 0.0
+        best = max(best, idle)
+        if idle >= share:
+            return f"started after {window:g} s with the machine {idle:.0%} idle"
+        if time.monotonic() >= deadline:
+            return (f"NOT QUIET: no {window:g} s window with ≥ {share:.0%} idle CPU in {limit:g} s of waiting (best "
+                    f"{best:.0%}); started anyway")
+        note(f"waiting for an idle machine: {idle:.0%} idle, load {_loadavg()}")
+
+
 def _version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -404,7 +424,7 @@ def print_report(args, machine: dict[str, str], rows, steps, tpch_rows) -> None:
         f"{machine['cryptography']}; uvicorn {machine['uvicorn']}; uvloop {machine['uvloop']}; httptools "
         f"{machine['httptools']}; dcap-qvl {machine['dcap']}; redis-server on loopback")
     say(f"- {machine['started']} → {machine['finished']}; load average {machine['load_start']} at the start, "
-        f"{machine['load_end']} at the end")
+        f"{machine['load_end']} at the end; {machine['quiet']}")
     say(f"- command: `{machine['command']}`")
     if rows:
         say()
@@ -484,14 +504,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tpch", action="store_true", help="no TPC-H part")
     parser.add_argument("--tpch-no-reuse", action="store_true",
                         help="also run the per-table-key variant with spark.python.worker.reuse=false")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS for 5 s of ≥ 90%% idle CPU (0: start at once)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore")  # simulated attestation and test roots warn by design
+    quiet = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else "started without waiting for an idle machine"
     machine = {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "python": platform.python_version(),
                "cryptography": _version("cryptography"), "uvicorn": _version("uvicorn"), "uvloop": _version("uvloop"),
-               "httptools": _version("httptools"), "dcap": _version("dcap-qvl"), "load_start": _loadavg(),
+               "httptools": _version("httptools"), "dcap": _version("dcap-qvl"), "load_start": _loadavg(), "quiet": quiet,
                "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "command": " ".join([".venv/bin/python", "benchmarks/broker_load.py", *(argv or sys.argv[1:])])}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ppml-broker-bench-"))
