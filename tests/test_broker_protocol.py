@@ -32,3 +32,16 @@ def test_an_answer_opens_only_as_the_key_it_answers():
     assert ephemeral.open(sealed, release_info(NONCE, asked), reference="r") == key
     with pytest.raises(KeyAccessError, match="does not open with this request's key"):
         ephemeral.open(sealed, release_info(NONCE, swapped), reference="r")
+
+
+def test_an_answer_sealed_by_an_earlier_broker_names_the_version_as_a_cause():
+    """Earlier brokers joined the names with NUL bytes; their answers cannot open, and the error says why it may be."""
+    import hashlib
+
+    key, ephemeral = DataKey.generate(), EphemeralKey()
+    asked = WrappedKey("local", "k", "1", os.urandom(40))
+    earlier = b"ppml-broker/v1\0release\0" + NONCE + hashlib.sha256(b"local\0k\01\0" + asked.wrapped).digest()
+    sealed = seal_data_key(key, ephemeral.public_bytes, earlier)
+    with pytest.raises(KeyAccessError) as caught:
+        ephemeral.open(sealed, release_info(NONCE, asked), reference="r")
+    assert "another ppml version" in caught.value.hint and "upgrade the broker and its clients" in caught.value.hint

@@ -113,7 +113,10 @@ class EphemeralKey:
             return DataKey(_SUITE.decrypt(sealed, self._private, info=info))
         except (InvalidTag, ValueError):
             raise KeyAccessError(f"the key broker's answer for {reference} does not open with this request's key",
-                                 hint="the answer was altered in transit or belongs to another request") from None
+                                 hint="the answer was altered in transit or belongs to another request, or the broker "
+                                      "runs another ppml version (answers are sealed with a length-prefixed HPKE info "
+                                      "since the broker's hardening): upgrade the broker and its clients together"
+                                 ) from None
 
     def __repr__(self) -> str:
         return "EphemeralKey(<redacted>)"
