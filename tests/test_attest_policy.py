@@ -44,6 +44,11 @@ def test_a_matching_sgx_enclave_is_allowed_with_the_release_lifetime(policy):
     decision = policy.evaluate(_sgx())
     assert decision.allowed and decision.lifetime == 600 and decision.policy == "analytics"
     assert policy.evaluate(_sgx(mrenclave="cc" * 32, tcb_status="SWHardeningNeeded", isv_svn=9)).allowed
+    # An allowed release names the evidence's values of what the rule required, and nothing else it carried.
+    assert policy.evaluate(_sgx(extra="x")).claims == {
+        "debug": False, "mrenclave": MRENCLAVE, "mrsigner": MRSIGNER, "isv_prod_id": 1, "isv_svn": 3,
+        "tcb_status": "UpToDate"}
+    assert policy.evaluate(_sgx(mrenclave="dd" * 32)).claims == {}
 
 
 @pytest.mark.parametrize(("claims", "reason"), [
@@ -67,13 +72,15 @@ def test_debug_is_allowed_only_when_a_rule_says_so(tmp_path):
 
 def test_tpm_pcrs_and_maa_claims(policy):
     pcrs = {"sha256": {"0": "11" * 32, "7": "22" * 32, "8": "33" * 32, "11": "55" * 32}}
-    assert policy.evaluate(VerifiedEvidence("tpm", {"pcrs": pcrs}, None, "tpm")).allowed
+    allowed = policy.evaluate(VerifiedEvidence("tpm", {"pcrs": pcrs}, None, "tpm"))
+    assert allowed.allowed and allowed.claims == {"pcrs": {"sha256": {k: pcrs["sha256"][k] for k in ("0", "7", "11")}}}
     changed = {"sha256": {**pcrs["sha256"], "7": "44" * 32}}
     denied = policy.evaluate(VerifiedEvidence("tpm", {"pcrs": changed}, None, "tpm"))
     assert not denied.allowed and "PCR sha256:7" in denied.reason
     maa = {"issuer": "https://a.attest.azure.net/", "x-ms-attestation-type": "sevsnpvm",
            "x-ms-sevsnpvm-hostdata": "66" * 32, "debug": False}
-    assert policy.evaluate(VerifiedEvidence("maa", maa, None, "maa")).allowed
+    assert policy.evaluate(VerifiedEvidence("maa", maa, None, "maa")).claims == {
+        "debug": False, "issuer": maa["issuer"], "x-ms-attestation-type": "sevsnpvm", "x-ms-sevsnpvm-hostdata": "66" * 32}
     wrong_issuer = policy.evaluate(VerifiedEvidence("maa", {**maa, "issuer": "https://evil"}, None, "maa"))
     assert not wrong_issuer.allowed and "issuer" in wrong_issuer.reason
 

@@ -18,7 +18,7 @@ from broker_harness import BrokerProcess, quiet_simulation  # noqa: F401 - autou
 from ppml.attest.evidence import binding_digest
 from ppml.crypto.envelope import WrappedKey
 from ppml.errors import ConfigError, KeyAccessError
-from ppml.keys.broker_client import BrokerKms, clear_releases, release_counters
+from ppml.keys.broker_client import BrokerKms, attestation_records, clear_releases, release_counters
 from ppml.keys.broker_protocol import EphemeralKey, release_info
 from ppml.keys.keyring import KeyRing
 
@@ -78,6 +78,9 @@ def test_release_through_the_client_matches_the_key_and_is_audited(broker):
     assert client.unwrap(wrapped) == key  # cached in this process: no second attestation
     assert release_counters()["requests"] == before + 1
     client.close()
+    # Provenance records name the claims the broker verified and its policy required, not the evidence alone.
+    record = next(r for r in attestation_records() if r["broker"] == broker.url)
+    assert record["claims"] == {"app": "tpch"} and record["evidence_type"] == "simulated"
     entry = _last(broker)[0]
     assert entry["decision"] == "allow" and entry["policy"] == "dev" and entry["key"] == "local:tpch"
     assert entry["evidence"]["simulated"] is True and entry["caller"]["declared_name"] == "pytest"
@@ -94,6 +97,7 @@ def test_the_answer_is_sealed_to_the_requests_ephemeral_key(broker):
         response = http.post("/v1/keys/release", json=_request(nonce, ephemeral.public_bytes, [wrapped]))
     assert response.status_code == 200
     _assert_no_key_material(response.text, key)
+    assert response.json()["keys"][0]["claims"] == APP_CLAIMS
     sealed = base64.b64decode(response.json()["keys"][0]["sealed"])
     assert ephemeral.open(sealed, release_info(nonce, wrapped), reference="t") == key
     with pytest.raises(KeyAccessError, match="does not open"):

@@ -139,6 +139,7 @@ class Decision:
     reasons: tuple[str, ...]
     lifetime: int = 0
     public_reasons: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
@@ -194,6 +195,18 @@ class Rule:
             self._expect(found, f"claim {name}", _claim(claims, name), expected)
         return found
 
+    def checked(self, evidence: VerifiedEvidence) -> dict[str, Any]:
+        """The evidence's values of every claim this rule requires: what a release was granted on."""
+        claims, req = evidence.claims, self.requirements
+        names = [n for n in (*_HEX_FIELDS.get(self.type, ()), "isv_prod_id", "issuer") if n in req]
+        names += ["isv_svn"] if "min_isv_svn" in req else []
+        names += ["tcb_status"] if self.type in ("sgx", "tdx") else []
+        checked = {name: claims.get(name) for name in ("debug", *names) if claims.get(name) is not None}
+        pcrs = {bank: {str(i): (claims.get("pcrs") or {}).get(bank, {}).get(str(i)) for i in values}
+                for bank, values in (req.get("pcrs") or {}).items()}
+        return {**checked, **({"pcrs": pcrs} if pcrs else {}),
+                **{name: _claim(claims, name) for name in (req.get("claims") or {})}}
+
     @staticmethod
     def _expect(found: list[tuple[str, str]], name: str, actual: object, expected: object, *,
                 fold_case: bool = False) -> None:
@@ -233,7 +246,7 @@ class Policy:
             failures = rule.failures(evidence)
             if not failures:
                 return Decision(True, self.name, (f"{evidence.type} rule {number} of policy {self.name} met",),
-                                self.lifetime)
+                                self.lifetime, claims=rule.checked(evidence))
             prefix = f"{evidence.type} rule {number}: " if len(rules) > 1 else ""
             reasons.extend(prefix + full for full, _ in failures)
             public.extend(prefix + shown for _, shown in failures)

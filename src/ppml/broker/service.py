@@ -284,7 +284,10 @@ class BrokerService:
         sealed = seal_data_key(key, public_key, release_info(nonce, wrapped))
         entry.update(decision="allow", policy=names, reason="; ".join(d.reason for d in decisions), lifetime=lifetime,
                      key_id=key.key_id)
-        answer.update(status="released", sealed=b64(sealed), expires_in=lifetime,
+        # The caller's own verified values that the policies required, for its provenance records: they
+        # matched, so they tell it nothing about the policy it did not already prove.
+        claims = {name: value for d in decisions for name, value in d.claims.items()}
+        answer.update(status="released", sealed=b64(sealed), expires_in=lifetime, claims=claims,
                       **({"simulated": True} if verified.simulated else {}))
         return entry, answer
 

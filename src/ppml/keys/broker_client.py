@@ -48,7 +48,10 @@ def _record_evidence(broker: str, evidence, answer: Mapping[str, Any], reference
     with _EVIDENCE_LOCK:
         record = _EVIDENCE.setdefault(evidence.digest, {
             "broker": broker, "evidence_type": evidence.type, "evidence_digest": evidence.digest,
-            "claims": dict(answer.get("claims") or {}), "keys": []})
+            "claims": {}, "keys": []})
+        claims = answer.get("claims")
+        if isinstance(claims, Mapping):
+            record["claims"].update(claims)
         if reference not in record["keys"]:
             record["keys"].append(reference)
         while len(_EVIDENCE) > _MAX_EVIDENCE:
