@@ -17,6 +17,9 @@ name (aliases)              suffix     what it is
 (``aes_cbc_pkcs5padding``)
 ``plain_text``              (none)     no encryption
 (``plaintext``)
+``parquet`` (``pme``,       (none)     Parquet Modular Encryption: a key per column, read as tables
+``aes_gcm_v1``,                        (:mod:`ppml.parquet`); registered for data sets and rotation
+``aes_gcm_ctr_v1``)
 ==========================  =========  ============================================================
 """
 
@@ -163,8 +166,10 @@ _FORMATS: Registry[FileFormat] = Registry(
         "aes_gcm_stream": "ppml.crypto.gcm_stream_format:GcmStreamFormat",
         "aes/cbc/pkcs5padding": "ppml.crypto.bigdl_cbc_format:BigdlCbcFormat",
         "plain_text": "ppml.crypto.plain_format:PlainTextFormat",
+        "parquet": "ppml.parquet.format:ParquetFormat",
     },
-    aliases={"aes_cbc_pkcs5padding": "aes/cbc/pkcs5padding", "plaintext": "plain_text"},
+    aliases={"aes_cbc_pkcs5padding": "aes/cbc/pkcs5padding", "plaintext": "plain_text", "pme": "parquet",
+             "aes_gcm_v1": "parquet", "aes_gcm_ctr_v1": "parquet"},
 )
 _INSTANCES: dict[type[FileFormat], FileFormat] = {}
 

@@ -1,0 +1,41 @@
+"""PME master keys are ppml primary keys: wrapping and unwrapping a key under one, through KeySettings.
+
+Both key management clients (pyarrow's, :mod:`ppml.parquet.kms`, and parquet-java's, through the key agent
+:mod:`ppml.parquet.agent`) call these two functions, so every writer and reader of encrypted Parquet uses
+the same key path. A master key is named as in ``--key-name`` (``tpch``), or ``kms:name`` (``pkcs11:pii``)
+for a key of a key management service other than the primary one. This module needs no pyarrow.
+"""
+
+from __future__ import annotations
+
+from ppml.crypto.datakey import DataKey
+from ppml.errors import ConfigError
+from ppml.keys.kms import KeyManagementService
+from ppml.keys.settings import PRIMARY_KMS, KeySettings
+from ppml.parquet.keymaterial import decode_envelope, encode_envelope
+
+__all__ = ["master_backend", "wrap", "unwrap"]
+
+
+def master_backend(keys: KeySettings, master_key: str) -> tuple[KeyManagementService, str]:
+    """The service holding master key ``master_key`` and the key's name in it."""
+    kms, sep, name = master_key.partition(":")
+    if sep and kms.lower() in PRIMARY_KMS and name:
+        backend = keys.keyring().backend(kms.lower())
+        if backend is None:
+            raise ConfigError(f"the Parquet master key {master_key!r} names the {kms} key management service, which "
+                              "is not configured", hint="give its settings (--vault, --token ...) with the key options")
+        return backend, name
+    return keys.primary(), master_key
+
+
+def wrap(keys: KeySettings, key: bytes, master_key: str) -> str:
+    """``key`` wrapped by the current version of ``master_key``, as the string PME stores."""
+    backend, name = master_backend(keys, master_key)
+    return encode_envelope((backend.wrap(DataKey(bytes(key)), name),))
+
+
+def unwrap(keys: KeySettings, wrapped: str, master_key: str) -> bytes:
+    """The key a string from :func:`wrap` holds, through this process's key ring (broker, KMS, HSM)."""
+    what = f"Parquet master key {master_key!r}"
+    return keys.keyring().unwrap(decode_envelope(wrapped, name=what), name=what).unsafe_material()
