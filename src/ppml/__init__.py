@@ -12,6 +12,9 @@ inside the process that needs it and write their results encrypted. The safe rec
         orders = pandas.read_csv(f)
     ppml.verify("enc/", keys=keys).failures           # [] when every byte is authentic
 
+Encrypted Parquet (Parquet Modular Encryption, a key per column) has ``ppml.write_parquet``,
+``ppml.read_parquet`` and ``ppml.parquet_dataset`` (for DuckDB); they need ``ppml[arrow]``.
+
 ``ppml.PPMLContext`` reads and writes encrypted data from PySpark (needs ``ppml[spark]``);
 ``ppml.AzureStorageSettings`` names Azure storage credentials by source for it. Raw data keys,
 envelopes, key rings and codecs are in :mod:`ppml.hazmat`; errors in :mod:`ppml.errors`.
@@ -24,7 +27,7 @@ import importlib
 __version__ = "0.1.0"
 
 __all__ = ["open", "encrypt", "decrypt", "verify", "inspect", "create_data_key", "KeySettings",
-           "AzureStorageSettings", "PPMLContext", "__version__"]
+           "AzureStorageSettings", "PPMLContext", "write_parquet", "read_parquet", "parquet_dataset", "__version__"]
 
 # Imported on first use, so that `import ppml` (and the command line's start) stays cheap.
 _LAZY = {
@@ -37,6 +40,9 @@ _LAZY = {
     "KeySettings": "ppml.keys.settings",
     "AzureStorageSettings": "ppml.io.azure",
     "PPMLContext": "ppml.spark.context",
+    "write_parquet": "ppml.parquet.recipes",
+    "read_parquet": "ppml.parquet.recipes",
+    "parquet_dataset": "ppml.parquet.recipes",
 }
 
 

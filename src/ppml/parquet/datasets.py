@@ -22,7 +22,8 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileInfo, get_format
 from ppml.errors import IntegrityError, PpmlError
-from ppml.io.datasets import DataSetVersion, check_member, commit_version, member
+from ppml.crypto.manifest import Member
+from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, check_member, commit_version, latest_version, member
 from ppml.io.files import checked_members
 from ppml.io.storage import Location, locate, move_files
 from ppml.keys.keyring import KeyRing
@@ -33,7 +34,7 @@ from ppml.parquet.keymaterial import external_material_name
 from ppml.parquet.masterkeys import master_backend
 
 __all__ = ["Part", "read_file_tail", "is_encrypted_parquet", "part_info", "checked_parts", "manifest_key",
-           "staging_folder", "publish", "remove_staging", "TEMPORARY"]
+           "staging_folder", "publish", "member_of", "remove_staging", "TEMPORARY"]
 
 TEMPORARY = "_temporary"
 
@@ -78,6 +79,8 @@ def checked_parts(path: str | Location, *, keyring: KeyRing | None, min_version:
     entries = location.files()
     members = checked_members(location, entries, keyring=keyring, key=None, mode=None,
                               min_version=min_version) if encrypted else None
+    if encrypted and not location.is_dir():
+        members = _membership(location, keyring)
     fmt = get_format(PARQUET_FORMAT)
     parts = []
     for relative, size in entries:
@@ -92,6 +95,19 @@ def checked_parts(path: str | Location, *, keyring: KeyRing | None, min_version:
                                  hint="read it with an encrypted crypto mode (aes_gcm_v1)")
         parts.append(Part(current, tail, size))
     return parts
+
+
+def _membership(location: Location, keyring: KeyRing | None) -> dict[str, Member] | None:
+    """A single file's entry in the data set of its folder (if that folder is one), by the key ``""``."""
+    folder = location.at(posixpath.dirname(location.path.rstrip("/")))
+    version = latest_version(folder, keyring) if (folder.child(MANIFEST_FOLDER)).exists() else None
+    if version is None:
+        return None
+    entry = version.members().get(location.name)
+    if entry is None:
+        raise IntegrityError(f"{location.url} is not a member of the data set in {folder.url} (added or renamed)",
+                             path=location.url, hint="restore the data set from a trusted copy")
+    return {"": entry}
 
 
 def manifest_key(keys: KeySettings, footer_key: str,
@@ -140,12 +156,12 @@ def publish(root: Location, parts: Sequence[tuple[Location, str]], *, replace: b
         for old in (location, _sidecar(location)):
             if old.exists():
                 old.remove()
-    added = [_member(root, relative) for _, relative in parts]
+    added = [member_of(root, relative) for _, relative in parts]
     return commit_version(root, added, replace=replace, key=key, envelope=envelope, keyring=keyring, writer=writer,
-                          existing=lambda: [_member(root, r) for r, _ in root.files() if r not in produced])
+                          existing=lambda: [member_of(root, r) for r, _ in root.files() if r not in produced])
 
 
-def _member(root: Location, relative: str):
+def member_of(root: Location, relative: str):
     location = root.child(relative)
     tail = read_file_tail(location)
     return member(relative, get_format(PARQUET_FORMAT), part_info(location, tail), tail.size)

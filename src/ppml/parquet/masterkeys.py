@@ -14,7 +14,7 @@ from ppml.keys.kms import KeyManagementService
 from ppml.keys.settings import PRIMARY_KMS, KeySettings
 from ppml.parquet.keymaterial import decode_envelope, encode_envelope
 
-__all__ = ["master_backend", "wrap", "unwrap"]
+__all__ = ["master_backend", "wrap", "unwrap", "master_key_of"]
 
 
 def master_backend(keys: KeySettings, master_key: str) -> tuple[KeyManagementService, str]:
@@ -39,3 +39,17 @@ def unwrap(keys: KeySettings, wrapped: str, master_key: str) -> bytes:
     """The key a string from :func:`wrap` holds, through this process's key ring (broker, KMS, HSM)."""
     what = f"Parquet master key {master_key!r}"
     return keys.keyring().unwrap(decode_envelope(wrapped, name=what), name=what).unsafe_material()
+
+
+def master_key_of(keys: KeySettings, envelope) -> str:
+    """The master key (as :func:`master_backend` names it) that wraps a data-key file's first copy.
+
+    ``WrappedKey.key`` is the backend's identifier of its primary key (a Key Vault key URL, a token and a
+    name); the name is its last part when the backend maps that name back to the identifier.
+    """
+    wrapped = envelope[0]
+    backend = keys.keyring().backend(wrapped.kms)
+    name = wrapped.key.rstrip("/").rsplit("/", 1)[-1]
+    if backend is not None and backend.key_identifier(name) != backend.canonical_key(wrapped.key):
+        name = wrapped.key
+    return name if wrapped.kms == keys.kms else f"{wrapped.kms}:{name}"

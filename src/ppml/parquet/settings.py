@@ -9,6 +9,7 @@ so ppml never writes a column whose pages nobody authenticates.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,12 @@ class ParquetEncryption:
         for column in columns:
             assigned.setdefault(owner.get(column, self.footer_key), []).append(column)
         return assigned
+
+    def restricted_to(self, columns: Sequence[str]) -> ParquetEncryption:
+        """A copy whose column keys name only columns in ``columns`` (for writing several tables at once)."""
+        kept = {key: [n for n in names if any(c == n or c.startswith(n + ".") for c in columns)]
+                for key, names in self.column_keys.items()}
+        return dataclasses.replace(self, column_keys={key: names for key, names in kept.items() if names})
 
     def arrow_config(self, columns: Sequence[str]):
         """pyarrow's ``EncryptionConfiguration`` for a file with these leaf ``columns``."""

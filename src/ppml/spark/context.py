@@ -30,6 +30,7 @@ from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
+from ppml.spark import parquet_context
 from ppml.spark.datasource import PpmlDataSource
 
 __all__ = ["PPMLContext", "SECURE_DEFAULTS", "register", "secure_session"]
@@ -118,10 +119,15 @@ class PPMLContext:
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
         each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
         then ``DefaultAzureCredential``.
+    parquet_engine
+        How encrypted Parquet is read and written: ``spark`` (Spark's own Parquet reader and writer, keys
+        from a ppml key agent; the default) or ``pyarrow`` (the ``ppml`` data source). See
+        :mod:`ppml.spark.parquet_context`.
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, keys: KeySettings | None = None,
-                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None) -> None:
+                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None,
+                 parquet_engine: str = parquet_context.DEFAULT_ENGINE) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
@@ -134,6 +140,9 @@ class PPMLContext:
             self._settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
         self._storage = azure_storage or AzureStorageSettings()
         self._settings.update(self._storage.to_options())
+        if parquet_engine not in parquet_context.ENGINES:
+            raise UsageError(f"unknown Parquet engine {parquet_engine!r}", hint="choose spark or pyarrow")
+        self.parquet_engine = parquet_engine
 
     def read(self, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedReader:
         """A reader for files in ``crypto_mode`` (each encrypted file's own header names its key)."""
@@ -198,6 +207,15 @@ class EncryptedReader:
     def text(self, path: str | list[str]) -> DataFrame:
         return self.load(path, "text")
 
+    def parquet(self, path: str | list[str]) -> DataFrame:
+        """Encrypted Parquet (PME) in any encrypted mode, plaintext Parquet with ``plain_text``.
+
+        Data sets are checked against their manifests first; ``.columns(...)`` and ``.schema(...)`` narrow
+        what is read. ``.option("parquetEngine", "pyarrow")`` reads through the ``ppml`` data source instead of
+        Spark's own reader (see :mod:`ppml.spark.parquet_context`).
+        """
+        return parquet_context.read(self._ctx, path, self._options, self._schema, self._columns)
+
 
 class EncryptedWriter:
     """``ctx.write(df, mode).mode("overwrite").option(...).csv(path)``, like ``df.write``."""
@@ -243,3 +261,10 @@ class EncryptedWriter:
 
     def text(self, path: str) -> None:
         self.save(path, "text")
+
+    def parquet(self, path: str) -> None:
+        """Encrypted Parquet (PME): every column encrypted, with the footer key (option ``footerKey``; default:
+        the primary key that wraps the context's data key) unless ``columnKeys`` (``KEY:col,col;KEY2:col``)
+        names another; ``plaintextFooter`` and ``externalKeyMaterial`` as in
+        :class:`~ppml.parquet.settings.ParquetEncryption`. ``plain_text`` writes plaintext Parquet."""
+        parquet_context.write(self._ctx, self._df, path, self._mode, self._options)

@@ -88,13 +88,16 @@ def warm_up(tables: Tables) -> None:
 
 
 def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: str, queries: Sequence[int], *,
-                oracle=None, progress: Progress | None = None, spark_writer: bool = False) -> list[QueryRun]:
+                oracle=None, progress: Progress | None = None, spark_writer: bool = False,
+                parquet: bool = False) -> list[QueryRun]:
     """Run ``queries``, write each result encrypted in ``output_mode``, time them, and check with ``oracle``.
 
     ``oracle`` is an object with ``answer(n) -> rows``; when given, each written result is read back
     (decrypted) and compared value by value with it. ``spark_writer`` writes plaintext results with
-    Spark's own CSV writer instead (the baseline).
+    Spark's own CSV writer instead (the baseline). ``parquet`` writes results as Parquet (encrypted with
+    PME in an encrypted mode) instead of CSV (:mod:`ppml.tpch.parquet`).
     """
+    from ppml.tpch import parquet as tpch_parquet
     from ppml.tpch.comparison import compare
 
     runs: list[QueryRun] = []
@@ -105,12 +108,16 @@ def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: 
         target = f"{output_dir.rstrip('/')}/{label}"
         started = time.perf_counter()
         df = run_query(number, tables.narrowed(COLUMNS_USED[number]))  # each table parses only what the query uses
-        if spark_writer:
+        if parquet:
+            tpch_parquet.write_result(ctx, df, target, output_mode, spark_writer=spark_writer)
+        elif spark_writer:
             df.write.mode("overwrite").option("header", True).csv(target)
         else:
             ctx.write(df, output_mode).mode("overwrite").option("header", True).csv(target)
         seconds = time.perf_counter() - started
-        if spark_writer:
+        if parquet:
+            back = tpch_parquet.read_result(ctx, target, output_mode, spark_writer=spark_writer)
+        elif spark_writer:
             back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
         else:
             back = ctx.read(output_mode).option("header", True).schema(df.schema).csv(target).collect()
