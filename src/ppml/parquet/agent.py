@@ -67,7 +67,7 @@ def _answer(keys, fields: list[bytes]) -> list[bytes]:
     if op == b"wrap" and len(arguments) == 2:
         return [b"ok", masterkeys.wrap(keys, arguments[1], arguments[0].decode()).encode()]
     if op == b"unwrap" and len(arguments) == 2:
-        return [b"ok", masterkeys.unwrap(keys, arguments[1].decode(), arguments[0].decode())]
+        return [b"ok", masterkeys.unwrap(keys.keyring(), arguments[1].decode(), arguments[0].decode())]
     return [b"error", b"usage", b"unknown request " + op[:20]]
 
 

@@ -18,7 +18,7 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
 from ppml.errors import IntegrityError, PpmlError, UsageError
-from ppml.parquet.footer import ENCRYPTED_MAGIC, Tail, read_tail
+from ppml.parquet.footer import ENCRYPTED_MAGIC, PLAIN_MAGIC, Tail, read_tail
 from ppml.parquet.keymaterial import KeyMaterial, decode_envelope, parse_key_metadata
 
 __all__ = ["ParquetFormat", "PARQUET_FORMAT", "tail_facts"]
@@ -67,6 +67,37 @@ class ParquetFormat(FileFormat):
     def describe(self, raw: BinaryIO, *, name: str) -> FileInfo:
         envelope, facts = tail_facts(read_tail(raw, name=name), name=name)
         return FileInfo(self.name, envelope, facts)
+
+    @classmethod
+    def sniff_tail(cls, raw: BinaryIO, path: str) -> bool:
+        """A plaintext-footer PME file: ordinary Parquet at its start, the algorithm in its footer."""
+        raw.seek(0)
+        if raw.read(4) != PLAIN_MAGIC:
+            return False
+        try:
+            return read_tail(raw, name=path).algorithm is not None
+        except PpmlError:
+            return False
+
+    def rewrap_file(self, location, *, keyring, backend, key_name: str, remove: Sequence[str]) -> dict:
+        from ppml.parquet.rotation import rewrap_file
+
+        return rewrap_file(location, keyring=keyring, backend=backend, key_name=key_name, remove=remove)
+
+    def rekey_file(self, location, *, keyring) -> dict:
+        from ppml.parquet.rotation import rekey_file
+
+        return rekey_file(location, keyring=keyring)
+
+    def verify_file(self, location, *, keyring) -> int:
+        from ppml.parquet.tools import verify_file
+
+        return verify_file(location, keyring=keyring)
+
+    def decrypt_file(self, location, out, *, keyring, expect=None) -> int:
+        from ppml.parquet.tools import decrypt_file
+
+        return decrypt_file(location, out, keyring=keyring, expect=expect)
 
     def identity(self, info: FileInfo) -> str:
         return str(info.facts["file_id"])

@@ -100,15 +100,25 @@ def _agent_python() -> str:
     return os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
+def _access_token(python: str, settings: Mapping[str, str]) -> str:
+    """parquet-java's cache key for these settings: a digest of them (which hold no secret)."""
+    text = "\0".join([python, *(f"{k}={v}" for k, v in sorted(settings.items()))])
+    return "ppml-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def read_options(keys: KeySettings) -> dict[str, str]:
     """Options that make Spark's Parquet reader decrypt PME files through ppml's key path."""
+    settings = keys.to_options()
     options = {
         "parquet.crypto.factory.class": CRYPTO_FACTORY,
+        # parquet-java caches its key client and unwrapped KEKs per access token: a token per key settings
+        # keeps a reader with fewer keys from using keys that another reader's settings unwrapped
+        "parquet.encryption.key.access.token": _access_token(python := _agent_python(), settings),
         "parquet.encryption.kms.client.class": CLIENT_CLASS,
         "parquet.encryption.cache.lifetime.seconds": _CACHE_SECONDS,
-        "ppml.parquet.agent.python": _agent_python(),
+        "ppml.parquet.agent.python": python,
     }
-    options.update({f"ppml.keys.{name}": value for name, value in keys.to_options().items()})
+    options.update({f"ppml.keys.{name}": value for name, value in settings.items()})
     return options
 
 

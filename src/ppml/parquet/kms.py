@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pyarrow.fs as pafs
 import pyarrow.parquet.encryption as pe
 
-from ppml.errors import IntegrityError, PpmlError
+from ppml.errors import IntegrityError, PpmlError, UsageError
 from ppml.io.storage import Location
 from ppml.keys.keyring import KeyRing
 from ppml.keys.settings import KeySettings
@@ -45,22 +45,26 @@ KEY_CACHE_SECONDS = 60
 
 
 class PpmlKmsClient(pe.KmsClient):
-    """PME key wrapping through ppml's key settings (see the module docstring)."""
+    """PME key wrapping through ppml's key settings (see the module docstring); with only a key ring, it
+    unwraps (reads, verifies) and cannot wrap."""
 
-    def __init__(self, keys: KeySettings) -> None:
+    def __init__(self, keys: KeySettings | KeyRing) -> None:
         super().__init__()
         self._keys = keys
 
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        if not isinstance(self._keys, KeySettings):
+            raise UsageError("writing encrypted Parquet needs key settings that can wrap keys, not just a key ring")
         return masterkeys.wrap(self._keys, key_bytes, master_key_identifier)
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
-        return masterkeys.unwrap(self._keys, wrapped_key, master_key_identifier)
+        ring = self._keys.keyring() if isinstance(self._keys, KeySettings) else self._keys
+        return masterkeys.unwrap(ring, wrapped_key, master_key_identifier)
 
 
 @functools.lru_cache(maxsize=16)
-def crypto_factory(keys: KeySettings) -> pe.CryptoFactory:
-    """One factory per key settings (pyarrow caches KEKs per factory)."""
+def crypto_factory(keys: KeySettings | KeyRing) -> pe.CryptoFactory:
+    """One factory per key settings or key ring (pyarrow caches KEKs per factory)."""
     return pe.CryptoFactory(lambda _config: PpmlKmsClient(keys))
 
 
@@ -71,7 +75,7 @@ def arrow_filesystem(location: Location) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(location.fs)), location.path
 
 
-def decryption_properties(keys: KeySettings, location: Location | None = None):
+def decryption_properties(keys: KeySettings | KeyRing, location: Location | None = None):
     """pyarrow's decryption properties for files under ``keys`` (``location``: for external key material)."""
     config = pe.DecryptionConfiguration(cache_lifetime=_dt.timedelta(seconds=KEY_CACHE_SECONDS))
     if location is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ppml.crypto.datakey import DataKey
 from ppml.errors import ConfigError
+from ppml.keys.keyring import KeyRing
 from ppml.keys.kms import KeyManagementService
 from ppml.keys.settings import PRIMARY_KMS, KeySettings
 from ppml.parquet.keymaterial import decode_envelope, encode_envelope
@@ -35,10 +36,11 @@ def wrap(keys: KeySettings, key: bytes, master_key: str) -> str:
     return encode_envelope((backend.wrap(DataKey(bytes(key)), name),))
 
 
-def unwrap(keys: KeySettings, wrapped: str, master_key: str) -> bytes:
-    """The key a string from :func:`wrap` holds, through this process's key ring (broker, KMS, HSM)."""
+def unwrap(keyring: KeyRing, wrapped: str, master_key: str) -> bytes:
+    """The key a string from :func:`wrap` holds, through a key ring (``KeySettings.keyring()``: broker, KMS,
+    HSM)."""
     what = f"Parquet master key {master_key!r}"
-    return keys.keyring().unwrap(decode_envelope(wrapped, name=what), name=what).unsafe_material()
+    return keyring.unwrap(decode_envelope(wrapped, name=what), name=what).unsafe_material()
 
 
 def master_key_of(keys: KeySettings, envelope) -> str:

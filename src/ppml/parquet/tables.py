@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ppml.errors import AlreadyExistsError, KeyAccessError, PpmlError, UsageError
 from ppml.io.storage import Location, locate, move_files
+from ppml.keys.keyring import KeyRing
 from ppml.keys.settings import KeySettings
 from ppml.parquet import footer as pq_footer
 from ppml.parquet.datasets import (
@@ -36,7 +37,7 @@ from ppml.parquet.keymaterial import external_material_name
 from ppml.parquet.kms import FileKeys, arrow_filesystem, decryption_properties, encryption_properties, explain_failure
 from ppml.parquet.settings import ParquetEncryption
 
-__all__ = ["leaf_columns", "write_part", "write_table", "read_table", "dataset", "part_dataset", "column_keys",
+__all__ = ["leaf_columns", "write_part", "write_table", "publish_file", "read_table", "dataset", "part_dataset", "column_keys",
            "require_column_keys", "as_expression", "ROW_GROUP_ROWS"]
 
 #: Rows per row group (pyarrow's default maximum): large groups compress well and skip well.
@@ -74,6 +75,8 @@ def write_part(location: Location, schema: pa.Schema, batches: Iterable[pa.Recor
     """
     properties = None
     if encryption is not None:
+        if encryption.external_key_material and location.is_local:  # pyarrow writes the key material first
+            os.makedirs(os.path.dirname(location.path), exist_ok=True)
         config = encryption.arrow_config(leaf_columns(schema))
         properties = encryption_properties(keys, config, location if encryption.external_key_material else None)
     rows = 0
@@ -124,7 +127,7 @@ def write_table(data, path: str | os.PathLike, *, keys: KeySettings | None = Non
         write_part(staging.child(name), schema, batches, keys=keys, encryption=encryption, compression=compression,
                    row_group_rows=row_group_rows)
         if single:
-            _move_single(staging.child(name), target)
+            publish_file(staging.child(name), target)
         else:
             key, envelope = manifest_key(keys, encryption.footer_key, os.fspath(data_key) if data_key else None)
             publish(target, [(staging.child(name), name)], replace=mode != "append", key=key, envelope=envelope,
@@ -134,8 +137,8 @@ def write_table(data, path: str | os.PathLike, *, keys: KeySettings | None = Non
     return target.url
 
 
-def _move_single(staged: Location, target: Location) -> None:
-    """The file and its external key material into place (the key material first: the file needs it)."""
+def publish_file(staged: Location, target: Location) -> None:
+    """A staged file and its external key material into place (the key material first: the file needs it)."""
     sidecar, old = staged.sibling(external_material_name(staged.name)), target.sibling(external_material_name(target.name))
     pairs = [(sidecar.path, old.path)] if sidecar.exists() else []
     if not pairs and old.exists():  # the replaced file's key material must not outlive it
@@ -159,9 +162,9 @@ def part_dataset(part: Part, keys: KeySettings | None, *, schema: pa.Schema | No
     return ds.dataset(path, format=fmt, filesystem=filesystem, schema=schema)
 
 
-def column_keys(part: Part, keys: KeySettings) -> dict[str, tuple[str, str | None]]:
-    """Each column of an encrypted file: ``(master key, why it cannot be had or None)``."""
-    handle = FileKeys(part.location, part.tail, keys.keyring())
+def column_keys(part: Part, keys: KeySettings | KeyRing) -> dict[str, tuple[str, str | None]]:
+    """Each column of an encrypted file under its own key: ``(master key, why it cannot be had or None)``."""
+    handle = FileKeys(part.location, part.tail, keys.keyring() if isinstance(keys, KeySettings) else keys)
     columns, _, _ = pq_footer.column_crypto(handle.footer(), name=part.location.url)
     found: dict[str, tuple[str, str | None]] = {}
     for column in columns:
@@ -176,7 +179,7 @@ def column_keys(part: Part, keys: KeySettings) -> dict[str, tuple[str, str | Non
     return found
 
 
-def require_column_keys(part: Part, keys: KeySettings, columns: Sequence[str] | None) -> None:
+def require_column_keys(part: Part, keys: KeySettings | KeyRing, columns: Sequence[str] | None) -> None:
     """Raise :class:`~ppml.errors.KeyAccessError` naming each wanted column whose key cannot be had."""
     wanted = None if columns is None else set(columns)
     refused = {path: found for path, found in column_keys(part, keys).items()

@@ -1,9 +1,10 @@
-"""What the command line does to encrypted Parquet: inspect, verify, decrypt to plain Parquet, and convert
-CSV, JSON lines or Parquet into encrypted Parquet. Files and folders, local paths and URLs.
+"""What ppml's tools do to encrypted Parquet: describe a file (which key protects each column), verify
+and decrypt one file, and convert CSV, JSON lines or Parquet into encrypted Parquet.
 
-Folders are data sets: a conversion writes one whose manifest records every file; ``verify`` and
-``decrypt`` check a folder against its manifest before they read it (as ``ppml verify`` and ``ppml decrypt``
-do for every format). Outputs are staged and appear whole or not at all.
+``ppml verify`` and ``ppml decrypt`` (:mod:`ppml.io.files`) walk files and folders, check data sets
+against their manifests and stage outputs for every format; for a PME file they call :func:`verify_file`
+and :func:`decrypt_file` (through :class:`~ppml.parquet.format.ParquetFormat`). A conversion of a folder
+writes a data set whose manifest records every file; outputs appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ import pyarrow.parquet as pq
 
 from ppml.errors import PpmlError, PpmlInsecureWarning, UsageError
 from ppml.io.batch import Progress, Report, run_tasks
-from ppml.io.datasets import dataset_facts, latest_version, write_version
+from ppml.crypto.formats import get_format
+from ppml.crypto.manifest import Member
+from ppml.io.datasets import check_member, dataset_facts, write_version
 from ppml.io.storage import Location, locate, staged_output
+from ppml.keys.keyring import KeyRing
 from ppml.keys.settings import KeySettings
 from ppml.parquet import footer as pq_footer
-from ppml.parquet.datasets import Part, checked_parts, manifest_key, member_of, part_info, read_file_tail
+from ppml.parquet.datasets import Part, manifest_key, member_of, part_info, read_file_tail
 from ppml.parquet.format import PARQUET_FORMAT
 from ppml.parquet.keymaterial import decode_envelope
 from ppml.parquet.kms import FileKeys, decryption_properties, explain_failure
 from ppml.parquet.settings import ParquetEncryption
 from ppml.parquet.tables import column_keys, leaf_columns, require_column_keys, write_part
 
-__all__ = ["ColumnFacts", "describe", "verify", "decrypt", "encrypt", "input_format_of", "INPUT_FORMATS",
+__all__ = ["ColumnFacts", "describe", "verify_file", "decrypt_file", "encrypt", "input_format_of", "INPUT_FORMATS",
            "PARQUET_SUFFIX"]
 
 INPUT_FORMATS = ("csv", "json", PARQUET_FORMAT)
@@ -40,6 +44,8 @@ PARQUET_SUFFIX = ".parquet"
 _BATCH_ROWS = 64 * 1024
 _CTR_VERIFY = ("{url}: AES_GCM_CTR_V1 authenticates page headers and the footer, not page contents: its pages "
                "were decrypted but a changed page would not be detected")
+_UNENCRYPTED = ("{url}: column(s) {columns} are not encrypted (written by another tool): nobody authenticates their "
+                "pages")
 
 
 @dataclass(frozen=True)
@@ -100,85 +106,41 @@ def _columns(location: Location, tail, metadata, keys: KeySettings | None) -> li
     return found
 
 
-def verify(path: str, *, keys: KeySettings, workers: int | None = None, progress: Progress | None = None,
-           min_version: int | None = None) -> Report:
-    """Authenticate a Parquet data set's manifest, and each file's footer and every page of every column.
+def verify_file(location: Location, *, keyring: KeyRing) -> int:
+    """Authenticate one PME file: its footer and every page of every column (each GCM tag checked).
 
-    Like :func:`ppml.io.files.verify`, nothing raises for a bad file: :attr:`Report.details` has the data
-    set's entry first, then one per file (``ok`` or its error).
+    Returns the bytes verified (the file's size). Raises :class:`~ppml.errors.IntegrityError` naming the
+    file for damage, :class:`~ppml.errors.KeyAccessError` naming the column whose key cannot be had.
+    Columns left unencrypted by another writer, and AES_GCM_CTR_V1 pages, are authenticated by nobody: a
+    warning says so.
     """
-    started = time.perf_counter()
-    report = Report("verify", PARQUET_FORMAT)
+    tail = read_file_tail(location)
+    part_info(location, tail)  # a plaintext file raises
+    part = Part(location, tail, tail.size)
+    metadata = FileKeys(location, tail, keyring).footer()
+    columns, _, _ = pq_footer.column_crypto(metadata, name=location.url)
+    unprotected = [c.path for c in columns if c.protection == "none"]
+    if unprotected:
+        warnings.warn(_UNENCRYPTED.format(url=location.url, columns=", ".join(unprotected)), PpmlInsecureWarning,
+                      stacklevel=3)
+    if tail.algorithm is not None and tail.algorithm.name == "AES_GCM_CTR_V1":
+        warnings.warn(_CTR_VERIFY.format(url=location.url), PpmlInsecureWarning, stacklevel=3)
     try:
-        parts = checked_parts(path, keyring=keys.keyring(), min_version=min_version)
-        details: list[dict[str, object]] = []
-    except PpmlError as exc:
-        location = locate(path)
-        details = [{"path": location.url, "kind": "data set", "ok": False, "bytes": 0, "error": exc.to_dict()}]
-        parts = [_unchecked(location.child(r) if r else location) for r, _ in location.files()]
-
-    def task(part) -> Callable[[], dict[str, object]]:
-        def run() -> dict[str, object]:
-            try:
-                if isinstance(part, dict):
-                    return part
-                rows = _read_everything(part, keys)
-                result = {"path": part.location.url, "format": PARQUET_FORMAT, "ok": True, "bytes": part.size, "rows": rows,
-                          "algorithm": part.tail.algorithm.name}
-                unprotected = _unencrypted_columns(part, keys)
-                if unprotected:
-                    result["unencrypted_columns"] = unprotected
-            except PpmlError as exc:
-                result = {"path": part.location.url, "ok": False, "bytes": 0, "error": exc.to_dict()}
-            if progress:
-                progress(1)
-            return result
-        return run
-
-    report.details = details + run_tasks([task(p) for p in parts], workers)
-    if not details and locate(path).is_dir():
-        found = latest_version(locate(path), keys.keyring())
-        report.dataset = dataset_facts(found) if found is not None else None
-    return report.finish(started)
-
-
-def _unchecked(location: Location) -> Part | dict[str, object]:
-    """A file of a data set that failed its check: still verified on its own, or its error."""
-    try:
-        tail = read_file_tail(location)
-        part_info(location, tail)
-        return Part(location, tail, tail.size)
-    except PpmlError as exc:
-        return {"path": location.url, "ok": False, "bytes": 0, "error": exc.to_dict()}
-
-
-def _unencrypted_columns(part: Part, keys: KeySettings) -> list[str]:
-    """Columns whose pages nobody authenticates (PME leaves unlisted columns plaintext; ppml never does)."""
-    metadata = FileKeys(part.location, part.tail, keys.keyring()).footer()
-    columns, _, _ = pq_footer.column_crypto(metadata, name=part.location.url)
-    return [c.path for c in columns if c.protection == "none"]
-
-
-def _read_everything(part, keys: KeySettings) -> int:
-    """Decrypt and decode every page of every column (each GCM tag checked); returns the rows."""
-    if part.tail.algorithm.name == "AES_GCM_CTR_V1":
-        warnings.warn(_CTR_VERIFY.format(url=part.location.url), PpmlInsecureWarning, stacklevel=4)
-    rows = 0
-    try:
-        with part.location.open("rb") as raw:
-            reader = pq.ParquetFile(raw, decryption_properties=decryption_properties(keys, part.location))
-            for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
-                rows += batch.num_rows
+        with location.open("rb") as raw:
+            reader = pq.ParquetFile(raw, decryption_properties=decryption_properties(keyring, location))
+            for _ in reader.iter_batches(batch_size=_BATCH_ROWS):
+                pass
     except (OSError, ValueError, pa.ArrowException, PpmlError) as exc:
-        def diagnose():
-            try:
-                require_column_keys(part, keys, None)
-            except PpmlError as found:
-                return found
-            return None
+        raise explain_failure(exc, location, lambda: _missing_key(part, keyring)) from None
+    return tail.size
 
-        raise explain_failure(exc, part.location, diagnose) from None
-    return rows
+
+def _missing_key(part: Part, keyring: KeyRing) -> PpmlError | None:
+    try:
+        require_column_keys(part, keyring, None)
+    except PpmlError as found:
+        return found
+    return None
 
 
 def _output_name(relative: str) -> str:
@@ -186,36 +148,21 @@ def _output_name(relative: str) -> str:
     return (base if extension else relative) + PARQUET_SUFFIX
 
 
-def decrypt(src: str, dst: str, *, keys: KeySettings, force: bool = False, workers: int | None = None,
-            progress: Progress | None = None, min_version: int | None = None) -> Report:
-    """Encrypted Parquet (a file or a data set) into plaintext Parquet, file for file, same row groups.
-
-    The input is checked first (manifest, each file's identity); every page is authenticated as it is
-    read, and the output appears only when every file was.
-    """
-    started = time.perf_counter()
-    source, target = locate(src), locate(dst)
-    parts = checked_parts(source, keyring=keys.keyring(), min_version=min_version)
-    report = Report("decrypt", PARQUET_FORMAT)
-    with staged_output(target, force=force) as staging:
-        def task(part) -> Callable[[], dict[str, object]]:
-            def run() -> dict[str, object]:
-                relative = posixpath.relpath(part.location.path, source.path) if source.is_dir() else ""
-                out = staging.child(relative) if relative else staging
-                with part.location.open("rb") as raw:
-                    reader = pq.ParquetFile(raw, decryption_properties=decryption_properties(keys, part.location))
-                    try:
-                        rows = write_part(out, reader.schema_arrow, _groups(reader), keys=keys, encryption=None)
-                    except (OSError, ValueError, pa.ArrowException) as exc:
-                        raise explain_failure(exc, part.location, lambda: None) from None
-                if progress:
-                    progress(part.size)
-                return {"source": part.location.url, "target": (target.child(relative) if relative else target).url,
-                        "rows": rows, "bytes": part.size}
-            return run
-
-        report.details = run_tasks([task(p) for p in parts], workers)
-    return report.finish(started)
+def decrypt_file(location: Location, out: Location, *, keyring: KeyRing, expect: Member | None = None) -> int:
+    """One PME file into plaintext Parquet at ``out``, row group for row group, every page authenticated as
+    it is read; returns the bytes read. ``expect``: the data-set member it must be."""
+    tail = read_file_tail(location)
+    info = part_info(location, tail)
+    if expect is not None:
+        check_member(expect, get_format(PARQUET_FORMAT), info, name=location.url)
+    with location.open("rb") as raw:
+        reader = pq.ParquetFile(raw, decryption_properties=decryption_properties(keyring, location))
+        try:
+            write_part(out, reader.schema_arrow, _groups(reader), keys=None, encryption=None)
+        except (OSError, ValueError, pa.ArrowException, PpmlError) as exc:
+            raise explain_failure(exc, location, lambda: _missing_key(Part(location, tail, tail.size), keyring)) \
+                from None
+    return tail.size
 
 
 def _groups(reader: pq.ParquetFile) -> Iterator[pa.RecordBatch]:

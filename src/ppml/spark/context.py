@@ -30,6 +30,7 @@ from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
+from ppml.parquet.settings import ALGORITHMS
 from ppml.spark import parquet_context
 from ppml.spark.datasource import PpmlDataSource
 
@@ -146,11 +147,16 @@ class PPMLContext:
 
     def read(self, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedReader:
         """A reader for files in ``crypto_mode`` (each encrypted file's own header names its key)."""
-        return EncryptedReader(self, get_format(crypto_mode).name)
+        return EncryptedReader(self, _mode(crypto_mode))
 
     def write(self, df: DataFrame, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedWriter:
         """A writer of ``df`` in ``crypto_mode``; default save mode ``error`` as in Spark."""
-        return EncryptedWriter(self, df, get_format(crypto_mode).name)
+        return EncryptedWriter(self, df, _mode(crypto_mode))
+
+
+def _mode(crypto_mode: str) -> str:
+    """The crypto mode's registered name; PME's algorithm names (BigDL's modes) are kept as they pick one."""
+    return crypto_mode.strip().lower() if crypto_mode.strip().lower() in ALGORITHMS else get_format(crypto_mode).name
 
 
 class EncryptedReader:
