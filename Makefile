@@ -15,13 +15,13 @@ export PIP_NO_CACHE_DIR := 1
 
 .PHONY: setup system-packages run test bench clean
 
-setup: $(STAMP) $(AZURITE) $(CHECKOV)
+setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
-# The Azure storage emulator for the tests (npm, into .azurite/); reinstalled if that folder is removed.
+# The Azure storage emulator, for the tests only (npm, into .azurite/); reinstalled if that folder is removed.
 $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
 	touch $@
@@ -38,7 +38,7 @@ system-packages:
 run: setup
 	$(VENV)/bin/ppml tpch demo --dir demo
 
-test: setup system-packages
+test: setup $(AZURITE) $(CHECKOV) system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: setup

@@ -200,7 +200,7 @@ def run(
     """
     from ppml.crypto.formats import get_format
     from ppml.tpch.gen import read_scale
-    from ppml.tpch.runner import ppml_tables, run_queries, warm_up
+    from ppml.tpch.runner import Variant, ppml_tables, run_side_by_side, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
@@ -222,11 +222,12 @@ def run(
     try:
         ctx = _context(spark, data_key=data_key, keys=keys)
         oracle = _oracle_for(input_dir, input_mode, keys.keyring(), plaintext, scale) if check else None
-        tables = ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune)
-        with err.status("running") as status:
-            warm_up(tables)
-            runs = run_queries(ctx, tables, output_dir, output_mode, numbers, oracle=oracle,
-                               progress=lambda label: status.update(f"running {label}"))
+        variant = Variant(ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune), output_dir,
+                          output_mode, oracle=oracle)
+        with err.status("warming up") as status:
+            warm_up(ctx, variant)
+            [runs] = run_side_by_side(ctx, [variant], numbers,
+                                      progress=lambda label: status.update(f"running {label}"))
     finally:
         spark.stop()
     if as_json:
@@ -275,7 +276,7 @@ def demo(
     from ppml.io.encryption import Encryption
     from ppml.tpch.gen import generate
     from ppml.tpch.oracle import Oracle
-    from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables, warm_up
+    from ppml.tpch.runner import Variant, encrypt_tables, ppml_tables, run_side_by_side, spark_csv_tables, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
@@ -303,22 +304,17 @@ def demo(
     spark = _session(master, None, "ppml-tpch-demo")
     try:
         ctx = _context(spark, data_key=key_file, keys=keys)
-        oracle = Oracle(work / "plain")
+        variants = [
+            Variant(ppml_tables(ctx, str(encrypted), DEFAULT_FORMAT, scale=scale), str(work / "results-encrypted"),
+                    DEFAULT_FORMAT, oracle=Oracle(work / "plain"), label="encrypted input, encrypted output:"),
+            Variant(spark_csv_tables(spark, work / "plain", scale=scale), str(work / "results-plaintext"),
+                    PLAINTEXT, spark_writer=True, label="plaintext with Spark's CSV reader:"),
+        ]
         started = time.perf_counter()
         with err.status("warming up") as status:
-            def progress(prefix):
-                return lambda label: status.update(f"{prefix} {label}")
-
-            encrypted_tables = ppml_tables(ctx, str(encrypted), DEFAULT_FORMAT, scale=scale)
-            plain_tables = spark_csv_tables(spark, work / "plain", scale=scale)
-            warm_up(encrypted_tables)
-            warm_up(plain_tables)
-            encrypted_runs = run_queries(ctx, encrypted_tables,
-                                         str(work / "results-encrypted"), DEFAULT_FORMAT, numbers, oracle=oracle,
-                                         progress=progress("encrypted input, encrypted output:"))
-            plain_runs = run_queries(ctx, plain_tables,
-                                     str(work / "results-plaintext"), PLAINTEXT, numbers, spark_writer=True,
-                                     progress=progress("plaintext with Spark's CSV reader:"))
+            warm_up(ctx, *variants)
+            encrypted_runs, plain_runs = run_side_by_side(ctx, variants, numbers,
+                                                          progress=lambda label: status.update(f"running {label}"))
         elapsed = time.perf_counter() - started
     finally:
         spark.stop()

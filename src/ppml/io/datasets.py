@@ -24,7 +24,9 @@ import hashlib
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from fsspec.utils import glob_translate
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
@@ -34,8 +36,22 @@ from ppml.errors import AlreadyExistsError, IntegrityError
 from ppml.io.storage import Location
 from ppml.keys.keyring import KeyRing
 
-__all__ = ["MANIFEST_FOLDER", "DataSetVersion", "dataset_roots", "latest_manifest_number", "latest_version", "write_version", "member", "check_listing",
-           "check_member", "commit_version", "dataset_facts", "UNPROTECTED_WARNING"]
+__all__ = [
+    "MANIFEST_FOLDER",
+    "UNPROTECTED_WARNING",
+    "DataSetVersion",
+    "ReadPlan",
+    "check_listing",
+    "check_member",
+    "check_read",
+    "commit_version",
+    "dataset_facts",
+    "dataset_roots",
+    "latest_manifest_number",
+    "latest_version",
+    "member",
+    "write_version",
+]
 
 MANIFEST_FOLDER = "_ppml_manifest"
 _VERSION_FILE = re.compile(r"^v(\d{8})\.json$")
@@ -218,3 +234,126 @@ def commit_version(root: Location, added: Iterable[Member], *, replace: bool, ke
             continue  # another writer recorded that version first: build on it
     raise IntegrityError(f"{root.url}: could not record a new version after {attempts} attempts (other writers "
                          "kept recording versions first)", path=root.url, hint="retry the write")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What a read of files found its data sets to record: the member of each file to read (by URL), the
+    data-set versions read by the URL of their folder, and (``unprotected``) the files no manifest vouches for.
+    A file found that is in neither (added by a version later than the one read) is not to be read."""
+
+    members: dict[str, Member]
+    versions: dict[str, DataSetVersion]
+    unprotected: list[str]
+
+
+def _enclosing_root(folder: Location, known: dict[str, Location | None]) -> Location | None:
+    """The data set a folder belongs to: it, or its nearest ancestor with a manifest (``None``: no data set)."""
+    chain = []
+    current = folder
+    while current.path not in known:
+        chain.append(current)
+        if current.child(MANIFEST_FOLDER).exists():
+            found: Location | None = current
+            break
+        parent = current.at(posixpath.dirname(current.path.rstrip("/")))
+        if parent.path.rstrip("/") == current.path.rstrip("/") or (current.is_azure and "/" not in
+                                                                    current.path.strip("/")):
+            found = None  # the file system's root, or an Azure container: no data set above
+            break
+        current = parent
+    else:
+        found = known[current.path]
+    for visited in chain:
+        known[visited.path] = found
+    return found
+
+
+def _covered(spec: tuple[Location, bool], path: str) -> bool:
+    location, is_glob = spec
+    if is_glob:
+        return re.match(glob_translate(location.path), path) is not None
+    return path == location.path or path.startswith(location.path.rstrip("/") + "/")
+
+
+def _version_file(root: Location, number: int, keyring: KeyRing | None) -> tuple[Manifest, str, bytes]:
+    """Version ``number`` of the data set in ``root``, authenticated, with its digest and bytes."""
+    location = root.child(f"{MANIFEST_FOLDER}/v{number:08d}.json")
+    if not location.exists():
+        raise IntegrityError(f"{root.url} no longer has version {number} (its manifest was removed)", path=root.url)
+    with location.open("rb") as handle:
+        data = handle.read()
+    manifest, mac = Manifest.parse(data, name=location.url)
+    if manifest.version != number:
+        raise IntegrityError(f"{location.url}: states version {manifest.version}, not {number}", path=location.url)
+    if keyring is None:
+        raise IntegrityError(f"{location.url}: no key settings to check it with", path=location.url)
+    manifest.authenticate(mac, keyring.unwrap(manifest.envelope, name=location.url, key_id=manifest.key_id),
+                          name=location.url)
+    return manifest, hashlib.sha256(data).hexdigest(), data
+
+
+def _snapshot(root: Location, latest: DataSetVersion, wanted: int,
+              keyring: KeyRing | None) -> tuple[DataSetVersion, set[str]]:
+    """Version ``wanted`` of a data set now at ``latest``, and the paths that later versions added.
+
+    The versions between are read and their chain of digests followed back from the latest, so the older
+    version is the data set's own history, not a manifest put there.
+    """
+    if wanted > latest.manifest.version:
+        raise IntegrityError(f"{root.url} is at version {latest.manifest.version}, older than the version {wanted} "
+                             "the read was defined on (rolled back)", path=root.url)
+    later: set[str] = set()
+    current, digest = latest.manifest, latest.digest
+    while current.version > wanted:
+        later.update(m.path for m in current.members)
+        older, older_digest, _ = _version_file(root, current.version - 1, keyring)
+        if current.previous != older_digest or older.dataset != current.dataset:
+            raise IntegrityError(f"{root.url}: version {older.version} is not the one version {current.version} "
+                                 "follows (the data set's history was changed)", path=root.url)
+        current, digest = older, older_digest
+    snapshot = DataSetVersion(current, digest, root.child(f"{MANIFEST_FOLDER}/v{current.version:08d}.json"))
+    return snapshot, later - {m.path for m in current.members}
+
+
+def check_read(specs: list[tuple[Location, bool]], files: Mapping[str, tuple[Location, int]],
+               keyring: KeyRing | None, *, expected: Mapping[str, int] | None = None) -> ReadPlan:
+    """Check the files a read found (URL -> (location, stored size)) against the manifests of their data sets.
+
+    ``specs`` are what the read named: locations, and whether each is a glob. For every data set the files
+    belong to, each file must be a member, of the recorded size, and every member the specs cover must have
+    been found. The version checked is the latest one, or (``expected``: data-set URL -> version) the version
+    the read was defined on, so that a read sees one whole version while appends go on: the files later
+    versions added are then left out of :attr:`ReadPlan.members` and must not be read. Raises
+    :class:`~ppml.errors.IntegrityError` naming what differs.
+    """
+    known: dict[str, Location | None] = {}
+    by_root: dict[str, tuple[Location, dict[str, tuple[Location, int]]]] = {}
+    unprotected = []
+    for url, (location, size) in files.items():
+        root = _enclosing_root(location.at(posixpath.dirname(location.path)), known)
+        if root is None:
+            unprotected.append(url)
+            continue
+        by_root.setdefault(root.path, (root, {}))[1][url] = (location, size)
+    members: dict[str, Member] = {}
+    versions: dict[str, DataSetVersion] = {}
+    for root, found in by_root.values():
+        version = latest_version(root, keyring)
+        assert version is not None
+        later: set[str] = set()
+        wanted = (expected or {}).get(root.url)
+        if wanted is not None and wanted != version.manifest.version:
+            version, later = _snapshot(root, version, wanted, keyring)
+        manifest = version.manifest
+        prefix = root.path.rstrip("/") + "/"
+        listing = {location.path[len(prefix):]: size for location, size in found.values()}
+        listing = {path: size for path, size in listing.items() if path not in later}
+        recorded = {m.path: m for m in manifest.members}
+        covered = {path: m for path, m in recorded.items() if any(_covered(s, prefix + path) for s in specs)}
+        check_listing(root, DataSetVersion(replace(manifest, members=tuple(covered.values())), version.digest,
+                                           version.location), listing)
+        members.update({url: recorded[loc.path[len(prefix):]] for url, (loc, _) in found.items()
+                        if loc.path[len(prefix):] in recorded})
+        versions[root.url] = version
+    return ReadPlan(members, versions, sorted(unprotected))

@@ -42,7 +42,7 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.formats import get_format
 from ppml.crypto.manifest import Manifest
 from ppml.errors import CorruptHeaderError, IntegrityError, NotFoundError, UsageError
-from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, latest_version
+from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, check_listing, check_member, latest_version
 from ppml.io.files import describe
 from ppml.io.storage import Location, locate
 from ppml.keys.keyring import KeyRing
@@ -166,15 +166,17 @@ def digest_of_text(text: str) -> str:
 
 def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None = None) -> dict[str, Any]:
     """Check the record of the latest version of the data set in ``root``: its signature, that it describes
-    that version's manifest, and that every input it names is still the version (or the files) it read.
+    that version's manifest, and that every input it names still has the version (or the files) it read,
+    unchanged (an input that has moved on to a later version says so in ``current_version``).
 
     ``trusted`` is the signer's public key; without it, a record signed with the result's data key is checked
     against that key (unwrapped through ``keyring``), and one signed with a signing key is refused.
     Returns what was checked; raises :class:`~ppml.errors.IntegrityError` naming the first thing that differs.
     """
-    version = latest_version(root, keyring)
-    if version is None:
+    latest = latest_version(root, keyring)
+    if latest is None:
         raise IntegrityError(f"{root.url} has no data-set manifest, so no provenance to check", path=root.url)
+    version = _described_version(root, latest, keyring)
     record, location = read_record(root, version.manifest.version)
     signer = record.get("signer") if isinstance(record.get("signer"), dict) else {}
     if trusted is None:
@@ -193,12 +195,45 @@ def verify_provenance(root: Location, keyring: KeyRing, *, trusted: bytes | None
         raise IntegrityError(f"{location.url}: describes another version of the result than its manifest "
                              f"(version {described.get('version')}, not {version.manifest.version})", path=root.url)
     inputs = [_check_input(entry, keyring, where=location.url) for entry in record.get("inputs") or []]
-    return {"result": described, "signer": signer, "inputs": inputs, "record": location.url}
+    return {"result": described, "signer": signer, "inputs": inputs, "record": location.url,
+            "rewrapped_since": latest.manifest.version != version.manifest.version}
+
+
+def _described_version(root: Location, latest: DataSetVersion, keyring: KeyRing) -> DataSetVersion:
+    """The version whose record describes ``latest``: itself, or the version before re-wrapping.
+
+    ``ppml rewrap`` writes a new version whose members are the same files (same ids) under re-wrapped keys;
+    the job's record still describes them. Any other later version (new data, or data re-encrypted by
+    ``ppml rekey``) has no record of how it was made.
+    """
+    current = latest
+    while not root.child(f"{FOLDER}/v{current.manifest.version:08d}.json").exists():
+        previous_number = current.manifest.version - 1
+        if current.manifest.writer != "ppml rewrap" or previous_number < 1:
+            raise NotFoundError(f"{root.url} has no provenance record for version {current.manifest.version} "
+                                f"(written by {current.manifest.writer})",
+                                hint="a result re-keyed or changed after its job has no record of how it was made")
+        older = root.child(f"{MANIFEST_FOLDER}/v{previous_number:08d}.json")
+        with older.open("rb") as handle:
+            data = handle.read()
+        manifest, mac = Manifest.parse(data, name=older.url)
+        digest = hashlib.sha256(data).hexdigest()
+        manifest.authenticate(mac, keyring.unwrap(manifest.envelope, name=older.url, key_id=manifest.key_id),
+                              name=older.url)
+        same_files = {(m.path, m.file_id) for m in manifest.members} == {
+            (m.path, m.file_id) for m in current.manifest.members}
+        if current.manifest.previous != digest or not same_files:
+            raise IntegrityError(f"{root.url}: version {current.manifest.version} does not re-wrap version "
+                                 f"{manifest.version}", path=root.url)
+        current = DataSetVersion(manifest, digest, older)
+    return current
 
 
 def _check_input(entry: Mapping[str, Any], keyring: KeyRing, *, where: str) -> dict[str, Any]:
-    source = locate(str(entry.get("path")))
+    if "dataset" not in entry and "files" not in entry:
+        return {"source": entry.get("source"), "ok": None}  # not read through ppml: nothing to check
     if "dataset" in entry:
+        source = locate(str(entry.get("path")))
         manifest = source.child(f"{MANIFEST_FOLDER}/v{int(entry['version']):08d}.json")
         if not manifest.exists():
             raise IntegrityError(f"{where}: input {source.url} no longer has version {entry['version']}",
@@ -211,11 +246,20 @@ def _check_input(entry: Mapping[str, Any], keyring: KeyRing, *, where: str) -> d
         parsed, mac = Manifest.parse(data, name=manifest.url)
         parsed.authenticate(mac, keyring.unwrap(parsed.envelope, name=manifest.url, key_id=parsed.key_id),
                             name=manifest.url)
-        return {"path": source.url, "dataset": parsed.dataset, "version": parsed.version, "ok": True}
+        current = latest_version(source, keyring)
+        if current is not None and current.manifest.version == parsed.version:
+            # Still the version that was read: its files must still be the ones it records.
+            check_listing(source, current, dict(source.files()))
+            for recorded in parsed.members:
+                location = source.child(recorded.path)
+                fmt = get_format(recorded.format)
+                check_member(recorded, fmt, describe(location, fmt), name=location.url)
+        return {"path": source.url, "dataset": parsed.dataset, "version": parsed.version, "ok": True,
+                "current_version": current.manifest.version if current is not None else None}
     for recorded in entry.get("files") or []:
-        location = source.child(recorded["path"]) if recorded["path"] else source
+        location = locate(str(recorded["path"]))
         fmt = get_format(recorded["format"])
         info = describe(location, fmt)
         if fmt.identity(info) != recorded["file_id"] or int(info.facts["size"]) != recorded["size"]:
             raise IntegrityError(f"{where}: input file {location.url} is not the one that was read", path=location.url)
-    return {"path": source.url, "files": len(entry.get("files") or []), "ok": True}
+    return {"path": entry.get("path"), "files": len(entry.get("files") or []), "ok": True}

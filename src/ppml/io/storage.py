@@ -158,10 +158,20 @@ class Location:
         Names starting with ``.`` or ``_`` (``.meta``, ``_SUCCESS``, Spark's temporary folders) are
         skipped unless ``include_hidden``.
         """
+        entries = self.listing(include_hidden=include_hidden)
+        return [(relative, int(info.get("size") or 0)) for relative, info in entries]
+
+    def listing(self, *, include_hidden: bool = False) -> list[tuple[str, dict]]:
+        """As :meth:`files`, with the file system's facts about each file (fsspec's ``info``).
+
+        The facts tell versions of a file apart: ``size`` always, plus ``mtime`` and ``ino`` locally,
+        ``etag`` and ``last_modified`` on Azure.
+        """
         if not self.exists():
             raise self.not_found()
         if not self.is_dir():
-            return [("", self.size())]
+            with self.errors():
+                return [("", self.fs.info(self.path))]
         root = self.path.rstrip("/")
         found = []
         with self.errors():
@@ -171,8 +181,8 @@ class Location:
                 continue
             relative = posixpath.relpath(path, root)
             if include_hidden or not any(part.startswith(HIDDEN_PREFIXES) for part in relative.split("/")):
-                found.append((relative, int(info.get("size") or 0)))
-        return sorted(found)
+                found.append((relative, info))
+        return sorted(found, key=lambda entry: entry[0])
 
     def create(self, data: bytes) -> None:
         """Write a new file holding ``data``, whole or not at all; an existing file is never replaced.

@@ -3,10 +3,10 @@
 Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from readers), encrypted as it
 is written; the plaintext never lands on disk. Only when every task has succeeded does the driver's ``commit``
 remove any old ``_SUCCESS`` and what an ``overwrite`` replaces, move the parts into place (renames locally; on
-object stores such as Azure Blob, server-side copies that each replace one blob atomically, then deletes) and
-record the data set's next version in its authenticated manifest (encrypted formats; see
-:mod:`ppml.io.datasets`) and write ``_SUCCESS`` last; ``abort`` deletes the temporary parts. A failed job
-therefore leaves the output as it was.
+object stores such as Azure Blob, server-side copies that each replace one blob atomically, then deletes),
+record the data set's next version in its authenticated manifest and its signed provenance record (encrypted
+formats; see :mod:`ppml.io.datasets` and :mod:`ppml.io.provenance`) and write ``_SUCCESS`` last; ``abort``
+deletes the temporary parts. A failed job therefore leaves the output as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
-from ppml.errors import ConfigError
 from ppml.crypto.manifest import Member
-from ppml.io.datasets import commit_version, member
+from ppml.errors import ConfigError
+from ppml.io.datasets import DataSetVersion, commit_version, member
 from ppml.io.files import describe
+from ppml.io.provenance import Signer, build_record, write_record
 from ppml.io.storage import Location, locate, move_files
+from ppml.keys.datakey_file import DataKeyFile
 from ppml.spark.options import SourceOptions
 
 __all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
@@ -43,6 +46,7 @@ class PartCommit(WriterCommitMessage):
     staged: str | None  # None: the task's partition was empty and wrote nothing
     final: str | None
     member: Member | None = None  # the part as the data-set manifest records it (encrypted formats)
+    attestation: tuple[dict, ...] = ()  # what the task's process proved to key brokers (for provenance)
 
 
 def _json_default(value: object) -> object:
@@ -95,7 +99,7 @@ class PpmlWriter(DataSourceArrowWriter):
                                                        **self.writer_options) as out:
             self._encode(batches, out, first.schema if first is not None else None)
         part = member(name, fmt, describe(staged, fmt), staged.size()) if fmt.encrypted else None
-        return PartCommit(staged.url, final.url, part)
+        return PartCommit(staged.url, final.url, part, tuple(_attestation_records()))
 
     def _encode(self, batches: Iterator[pa.RecordBatch], out, schema: pa.Schema | None) -> None:
         text = self.options.text
@@ -140,11 +144,13 @@ class PpmlWriter(DataSourceArrowWriter):
                 handle.write(data)
         self._cleanup(root)
         if fmt.encrypted:
-            self._record_version(root, [m.member for m in messages if m is not None and m.member is not None])
+            parts = [m for m in messages if m is not None]
+            version = self._record_version(root, [m.member for m in parts if m.member is not None])
+            self._record_provenance(root, version, [a for m in parts for a in m.attestation])
         with root.child(SUCCESS).open("wb"):
             pass
 
-    def _record_version(self, root: Location, parts: list[Member]) -> None:
+    def _record_version(self, root: Location, parts: list[Member]) -> DataSetVersion:
         """The data set's next manifest version: the parts written (and, when appending, what was there)."""
         envelope = self.options.envelope()
         ring = self.options.keys.keyring()
@@ -162,8 +168,29 @@ class PpmlWriter(DataSourceArrowWriter):
                 found.append(member(relative, fmt, info, size))
             return found
 
-        commit_version(root, parts, replace=self.overwrite, key=key, envelope=tuple(envelope), keyring=ring,
-                       writer=f"ppml Spark writer ({self.format})", existing=existing)
+        return commit_version(root, parts, replace=self.overwrite, key=key, envelope=tuple(envelope), keyring=ring,
+                              writer=f"ppml Spark writer ({self.format})", existing=existing)
+
+    def _record_provenance(self, root: Location, version: DataSetVersion, executors: list[dict]) -> None:
+        """The signed record of how this version was made (see :mod:`ppml.io.provenance`)."""
+        ring = self.options.keys.keyring()
+        described = json.loads(self.options.provenance_json or "{}")
+        attested = self.options.keys.uses_broker()
+        if self.options.signing_key_json:
+            record = DataKeyFile.parse(self.options.signing_key_json.encode(), name="the signing key")
+            signer = Signer(ring.unwrap(record.envelope, name="the signing key", key_id=record.key_id),
+                            "signing-key", attested)
+        else:
+            output_key = ring.unwrap(version.manifest.envelope, name=version.location.url,
+                                     key_id=version.manifest.key_id)
+            signer = Signer(output_key, "data-key", attested)
+        processes = [{"process": "driver", **a} for a in _attestation_records()]
+        processes += [{"process": "executor", **a} for a in {e["evidence_digest"]: e for e in executors}.values()]
+        inputs = described.get("inputs") or []
+        key_ids = [version.manifest.key_id, *(i["key_id"] for i in inputs if i.get("key_id"))]
+        data = build_record(version, inputs=inputs, query=described.get("query") or {}, key_ids=key_ids,
+                            attestation=processes, spark=described.get("spark"), signer=signer)
+        write_record(root, version.manifest.version, data)
 
     def abort(self, messages: list[PartCommit | None]) -> None:
         self._cleanup(self._root())
@@ -175,6 +202,12 @@ class PpmlWriter(DataSourceArrowWriter):
         parent = root.child(TEMPORARY)
         if parent.exists() and not parent.files(include_hidden=True):
             parent.remove(recursive=True)
+
+
+def _attestation_records() -> list[dict]:
+    """What this process proved to key brokers (none when it never asked one: the client is not loaded)."""
+    client = sys.modules.get("ppml.keys.broker_client")
+    return client.attestation_records() if client is not None else []
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
