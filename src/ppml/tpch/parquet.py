@@ -30,7 +30,7 @@ from ppml.tpch.schema import TABLE_NAMES
 from ppml.tpch.tables import Tables, read_tbl_arrow
 
 __all__ = ["table_file", "write_plain_parquet", "encrypt_tables", "parquet_tables", "spark_parquet_tables",
-           "write_result", "read_result", "decrypted_oracle"]
+           "write_result", "read_result", "decrypted_oracle", "parquet_oracle"]
 
 
 def table_file(folder: str | Path, table: str) -> str:
@@ -122,3 +122,15 @@ def decrypted_oracle(input_dir: str, keys: KeySettings, *, scale: float | None):
 
     tables = {t: pq_tables.read_table(table_file(input_dir, t), keys=keys) for t in TABLE_NAMES}
     return Oracle.from_arrow(tables, scale=scale)
+
+
+def parquet_oracle(input_dir: str | Path, keys: KeySettings, crypto_mode: str, *, scale: float | None):
+    """The DuckDB oracle over ``<table>.parquet`` in ``input_dir``: plaintext in ``plain_text``, else
+    encrypted (decrypted in memory only)."""
+    from ppml.crypto.formats import PLAINTEXT
+    from ppml.tpch.oracle import Oracle
+
+    if crypto_mode != PLAINTEXT:
+        return decrypted_oracle(str(input_dir), keys, scale=scale)
+    tables = {t: pq.read_table(table_file(input_dir, t)) for t in TABLE_NAMES}
+    return Oracle.from_arrow(tables, scale=scale if scale is not None else read_scale(input_dir))
