@@ -129,4 +129,4 @@ def write_options(keys: KeySettings, encryption_properties: Mapping[str, str]) -
 
 
 if __name__ == "__main__":  # the set-up step: build the jar now, so no job waits for javac
-    client_jar()
+    print(f"ppml's parquet-java key client: {client_jar()}")
