@@ -107,7 +107,7 @@ def test_a_missing_column_key_names_the_column_and_key(cli, tmp_path):
     (tmp_path / "partial.json").write_text(json.dumps(document))
     (tmp_path / "partial.json").chmod(0o600)
     clear_cache()
-    code, out, err = cli("decrypt", "t.parquet", "out.parquet", "--keystore", "partial.json")
+    code, _, err = cli("decrypt", "t.parquet", "out.parquet", "--keystore", "partial.json")
     assert code != 0 and "'phone'" in err and "'pii'" in err and "t.parquet" in err
     assert not os.path.exists("out.parquet")
     inspected = _json(cli("inspect", "t.parquet", "--keystore", "partial.json", "--json"))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileInfo, get_format
-from ppml.errors import IntegrityError, PpmlError
 from ppml.crypto.manifest import Member
+from ppml.errors import IntegrityError, PpmlError
 from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, check_member, commit_version, latest_version, member
 from ppml.io.files import checked_members
 from ppml.io.storage import Location, locate, move_files

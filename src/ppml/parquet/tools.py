@@ -20,10 +20,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from ppml.errors import PpmlError, PpmlInsecureWarning, UsageError
-from ppml.io.batch import Progress, Report, run_tasks
 from ppml.crypto.formats import get_format
 from ppml.crypto.manifest import Member
+from ppml.errors import PpmlError, PpmlInsecureWarning, UsageError
+from ppml.io.batch import Progress, Report, run_tasks
 from ppml.io.datasets import check_member, dataset_facts, write_version
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys.keyring import KeyRing
