@@ -175,7 +175,8 @@ def _run_one(ctx: PPMLContext, variant: Variant, number: int) -> QueryRun:
     elif variant.spark_writer:
         df.write.mode("overwrite").option("header", True).csv(target)
     else:
-        ctx.write(df, variant.output_mode).mode("overwrite").option("header", True).csv(target)
+        writer = ctx.write(df, variant.output_mode).label(f"TPC-H {label}")
+        writer.mode("overwrite").option("header", True).csv(target)
     seconds = time.perf_counter() - started
     if variant.parquet:
         back = tpch_parquet.read_result(ctx, target, variant.output_mode, spark_writer=variant.spark_writer)
