@@ -203,18 +203,24 @@ def measure_pyarrow(setup: Setup, repeat: int) -> dict[str, dict[str, list[float
 
 
 def query_table(results, numbers) -> list[str]:
-    head = ("| query | rows | plaintext Parquet s | ppml spark s | ratio | ppml pyarrow s | ratio |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    arrow = ARROW in results
+    head = "| query | rows | plaintext Parquet s | ppml spark s | ratio |" + (" ppml pyarrow s | ratio |" if arrow else "")
+    lines = [head, "|---|---|---|---|---|" + ("---|---|" if arrow else "")]
     totals = {name: 0.0 for name in results}
     for n in numbers:
-        p, s, a = results[PLAIN][n], results[NATIVE][n], results[ARROW][n]
-        lines.append(f"| {p.query} | {s.rows:,} | {p.best:.2f} | {s.best:.2f} | {_ratio(s.best, p.best)} | "
-                     f"{a.best:.2f} | {_ratio(a.best, p.best)} |")
+        p, s = results[PLAIN][n], results[NATIVE][n]
+        line = f"| {p.query} | {s.rows:,} | {p.best:.2f} | {s.best:.2f} | {_ratio(s.best, p.best)} |"
+        if arrow:
+            a = results[ARROW][n]
+            line += f" {a.best:.2f} | {_ratio(a.best, p.best)} |"
+        lines.append(line)
         for name in results:
             totals[name] += results[name][n].best
-    lines.append(f"| **total** | | **{totals[PLAIN]:.2f}** | **{totals[NATIVE]:.2f}** | "
-                 f"**{_ratio(totals[NATIVE], totals[PLAIN])}** | **{totals[ARROW]:.2f}** | "
-                 f"**{_ratio(totals[ARROW], totals[PLAIN])}** |")
+    total = (f"| **total** | | **{totals[PLAIN]:.2f}** | **{totals[NATIVE]:.2f}** | "
+             f"**{_ratio(totals[NATIVE], totals[PLAIN])}** |")
+    if arrow:
+        total += f" **{totals[ARROW]:.2f}** | **{_ratio(totals[ARROW], totals[PLAIN])}** |"
+    lines.append(total)
     return lines
 
 
@@ -298,8 +304,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     say()
     say("### Per query (seconds)")
     say()
-    if args.skip_pyarrow_engine:
-        main_results[ARROW] = main_results[NATIVE]
     for line in query_table(main_results, numbers):
         say(line)
     say()
