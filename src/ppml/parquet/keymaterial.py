@@ -129,9 +129,8 @@ class KeyMaterial:
         if not self.double_wrapping:
             return unwrapped
         try:
-            kek_id = base64.b64decode(self.document["keyEncryptionKeyID"], validate=True)
-            sealed = base64.b64decode(self.document["wrappedDEK"], validate=True)
-        except (binascii.Error, ValueError):
+            kek_id, sealed = _canonical_b64(self.document["keyEncryptionKeyID"]), _canonical_b64(self.document["wrappedDEK"])
+        except (binascii.Error, ValueError, TypeError):
             raise _corrupt(name, "the key material is not base64 where it must be") from None
         if len(sealed) < 12 + 16:
             raise _corrupt(name, "the wrapped data key is too short")
@@ -144,6 +143,14 @@ class KeyMaterial:
 
     def to_json(self) -> str:
         return json.dumps(self.document, separators=(",", ":"))
+
+
+def _canonical_b64(text: str) -> bytes:
+    """Strict base64: only the one encoding of its bytes (changed padding bits are a change, not a synonym)."""
+    raw = base64.b64decode(text, validate=True)
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise ValueError("not canonical base64")
+    return raw
 
 
 @dataclass(frozen=True)

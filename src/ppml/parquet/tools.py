@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ppml.crypto.formats import get_format
 from ppml.crypto.manifest import Member
-from ppml.errors import PpmlError, PpmlInsecureWarning, UsageError
+from ppml.errors import KeyAccessError, PpmlError, PpmlInsecureWarning, UsageError
 from ppml.io.batch import Progress, Report, run_tasks
 from ppml.io.datasets import check_member, dataset_facts, write_version
 from ppml.io.storage import Location, locate, staged_output
@@ -117,8 +117,15 @@ def verify_file(location: Location, *, keyring: KeyRing) -> int:
     tail = read_file_tail(location)
     part_info(location, tail)  # a plaintext file raises
     part = Part(location, tail, tail.size)
-    metadata = FileKeys(location, tail, keyring).footer()
+    handle = FileKeys(location, tail, keyring)
+    metadata = handle.footer()
     columns, _, _ = pq_footer.column_crypto(metadata, name=location.url)
+    for column in columns:  # each column key's material authenticated as the footer key's was
+        if column.protection == "column" and column.key_metadata is not None:
+            try:
+                handle.data_key(handle.material(column.key_metadata), what=f"column {column.path!r}")
+            except KeyAccessError:
+                pass  # a key this process may not have: the read below names the column
     unprotected = [c.path for c in columns if c.protection == "none"]
     if unprotected:
         warnings.warn(_UNENCRYPTED.format(url=location.url, columns=", ".join(unprotected)), PpmlInsecureWarning,
