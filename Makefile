@@ -10,16 +10,24 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AZURITE := .azurite/node_modules/azurite/package.json
 CHECKOV := .venv-checkov/bin/checkov
+# ppml's parquet-java key client, built with the JDK's javac against pyspark's jars (its name carries a
+# digest of its source, so a changed source gives a new jar); rebuilt when a .java file changes.
+JAVA_SRC := $(shell find src/ppml/parquet/java -name '*.java' 2>/dev/null)
+JVM_STAMP := src/ppml/parquet/java/build/.built
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
 .PHONY: setup system-packages run test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(JVM_STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
+
+$(JVM_STAMP): $(STAMP) $(JAVA_SRC)
+	VENV=$(VENV) bash scripts/setup.sh jvm
+	mkdir -p $(dir $@) && touch $@
 
 # The Azure storage emulator, for the tests only (npm, into .azurite/); reinstalled if that folder is removed.
 $(AZURITE): scripts/setup.sh

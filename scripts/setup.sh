@@ -4,6 +4,8 @@
 #   bash scripts/setup.sh           the virtual environment (`make run`, `make test`)
 #   bash scripts/setup.sh azurite   the Azurite storage emulator (npm) the Azure storage tests run against
 #                                   (skipped when the pinned version is already there; `make test`)
+#   bash scripts/setup.sh jvm       ppml's parquet-java key client (javac against pyspark's jars; skipped
+#                                   when the jar of the current source is there; `make run`, `make test`)
 #   bash scripts/setup.sh system    the Debian packages the HSM, attestation and broker replica tests run
 #                                   against (SoftHSM2, swtpm, tpm2-tools, Redis; skipped when their commands
 #                                   are there; `make test`)
@@ -72,6 +74,21 @@ install_system_packages() {
     fi
 }
 
+build_jvm_client() {
+    if ! command -v javac >/dev/null 2>&1; then
+        echo "setup: warning: no javac: Spark's own Parquet reader cannot use encrypted Parquet until ppml's" >&2
+        echo "setup:          key client is built (install a JDK 17, e.g. apt-get install openjdk-17-jdk-headless," >&2
+        echo "setup:          then run 'make setup'); the pyarrow engine works without it" >&2
+        return 0
+    fi
+    "$VENV/bin/python" -m ppml.parquet.jvm
+}
+
+if [ "${1:-}" = "jvm" ]; then
+    build_jvm_client
+    exit 0
+fi
+
 if [ "${1:-}" = "system" ]; then
     install_system_packages
     exit 0
@@ -94,3 +111,4 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 echo "setup: installing ppml and its dependencies (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+build_jvm_client

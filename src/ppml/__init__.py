@@ -12,6 +12,9 @@ inside the process that needs it and write their results encrypted. The safe rec
         orders = pandas.read_csv(f)
     ppml.verify("enc/", keys=keys).failures           # [] when every byte is authentic
 
+Encrypted Parquet (Parquet Modular Encryption, a key per column) has ``ppml.write_parquet``,
+``ppml.read_parquet`` and ``ppml.parquet_dataset`` (for DuckDB); they need ``ppml[arrow]``.
+
 ``ppml.PPMLContext`` reads and writes encrypted data from PySpark (needs ``ppml[spark]``);
 ``ppml.AzureStorageSettings`` names Azure storage credentials by source for it. ``ppml.ml`` trains and scores
 on encrypted data and keeps models encrypted at rest (needs ``ppml[ml]``). Raw data keys,
@@ -25,7 +28,8 @@ import importlib
 __version__ = "0.1.0"
 
 __all__ = ["open", "encrypt", "decrypt", "verify", "inspect", "create_data_key", "KeySettings",
-           "AzureStorageSettings", "PPMLContext", "ml", "__version__"]
+           "AzureStorageSettings", "PPMLContext", "write_parquet", "read_parquet", "parquet_dataset", "ml",
+           "__version__"]
 
 # Imported on first use, so that `import ppml` (and the command line's start) stays cheap.
 _LAZY = {
@@ -38,6 +42,9 @@ _LAZY = {
     "KeySettings": "ppml.keys.settings",
     "AzureStorageSettings": "ppml.io.azure",
     "PPMLContext": "ppml.spark.context",
+    "write_parquet": "ppml.parquet.recipes",
+    "read_parquet": "ppml.parquet.recipes",
+    "parquet_dataset": "ppml.parquet.recipes",
 }
 
 

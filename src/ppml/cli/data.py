@@ -20,6 +20,7 @@ from ppml.cli._common import (
     shown,
 )
 from ppml.cli.options import KeyNameOpt, key_options, passphrase_prompt
+from ppml.cli.parquet import show_columns
 from ppml.crypto.formats import DEFAULT_FORMAT, available_formats, get_format
 from ppml.errors import UsageError
 from ppml.io import files, rotation
@@ -28,6 +29,7 @@ from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.local import DEFAULT_KEY_NAME
 from ppml.keys.settings import KeySettings
+from ppml.parquet.format import PARQUET_FORMAT
 
 ModeOpt = Annotated[Optional[str], typer.Option(
     "--mode", metavar="MODE", help="Crypto mode: " + ", ".join(available_formats()) + ".")]
@@ -160,29 +162,44 @@ def register(app: typer.Typer) -> None:
             _summary(report, "Decrypted")
 
     @app.command()
+    @key_options
     def inspect(
         path: Annotated[str, typer.Argument(help="Encrypted file.")],
+        keys: KeySettings,
         mode: ModeOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Show a file's header facts (format, segment size, wrapping keys) without any key.
 
-        **Example**: `ppml inspect orders.csv.ppml --json`
+        Encrypted Parquet also shows each column's master key; its key options are used only to open
+        an encrypted footer, which hides the columns from whoever cannot unwrap the footer key.
+
+        **Examples**
+
+        * `ppml inspect orders.csv.ppml --json`
+        * `ppml inspect customer.parquet --keystore ks.json`
         """
         location = locate(path)
         info = files.describe(location, get_format(mode) if mode else None)
         payload = {"path": location.url, "format": info.format, **info.facts,
                    "wrapped_by": [{"reference": w.reference, "kms": w.kms, "key": w.key, "version": w.version}
                                   for w in info.envelope]}
+        if info.format == PARQUET_FORMAT:
+            from ppml.parquet.tools import describe
+
+            found = describe(location, keys)
+            payload.update({k: v for k, v in found.items() if k in ("columns", "rows", "row_groups", "footer_error")})
         if as_json:
             emit_json("inspect", payload)
             return
         err.print(f"[bold]{shown(location.url)}[/]")
         for name, value in payload.items():
-            if name not in ("path", "wrapped_by"):
+            if name not in ("path", "wrapped_by", "columns", "footer_error"):
                 err.print(f"  {name}: {shown(value)}")
         for entry in payload["wrapped_by"]:
             err.print(f"  wrapped by: {shown(entry['reference'])}")
+        if info.format == PARQUET_FORMAT:
+            show_columns(payload)
 
     @app.command()
     @key_options

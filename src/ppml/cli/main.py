@@ -10,7 +10,7 @@ import warnings
 import typer
 
 from ppml import __version__
-from ppml.cli import attest, azure, broker, cp, data, deploy, keys, ml, provenance, submit, tpch
+from ppml.cli import attest, azure, broker, cp, data, deploy, keys, ml, parquet, provenance, submit, tpch
 from ppml.cli._common import err, shown
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
@@ -33,6 +33,7 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(attest.app, name="attest")
 app.add_typer(provenance.app, name="provenance")
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(parquet.app, name="parquet")
 app.add_typer(ml.app, name="ml")
 data.register(app)
 cp.register(app)

@@ -17,6 +17,9 @@ name (aliases)              suffix     what it is
 (``aes_cbc_pkcs5padding``)
 ``plain_text``              (none)     no encryption
 (``plaintext``)
+``parquet`` (``pme``,       (none)     Parquet Modular Encryption: a key per column, read as tables
+``aes_gcm_v1``,                        (:mod:`ppml.parquet`); registered for data sets and rotation
+``aes_gcm_ctr_v1``)
 ==========================  =========  ============================================================
 """
 
@@ -42,6 +45,7 @@ __all__ = [
     "register_format",
     "get_format",
     "detect_format",
+    "detect_file_format",
     "available_formats",
     "SNIFF_SIZE",
 ]
@@ -144,6 +148,34 @@ class FileFormat(ABC):
         recorded in data-set manifests; ``None`` for formats that have none (plaintext)."""
         return None
 
+    @classmethod
+    def sniff_tail(cls, raw: BinaryIO, path: str) -> bool:
+        """Whether the file open in ``raw`` is in this format, told by more than its first bytes (encrypted
+        Parquet with a plaintext footer starts like any Parquet file). Asked only of files that no format
+        claims by their first bytes."""
+        return False
+
+    def rewrap_file(self, location, *, keyring, backend, key_name: str, remove: Sequence[str]) -> dict | None:
+        """Re-wrap a file whose keys the format keeps itself (several per file, as encrypted Parquet does);
+        returns its report entry's status fields. ``None``: the format has one envelope, re-wrapped through
+        :meth:`replace_envelope`."""
+        return None
+
+    def rekey_file(self, location, *, keyring) -> dict | None:
+        """Re-encrypt such a file under fresh keys; ``None``: the format is re-encrypted as a stream."""
+        return None
+
+    def verify_file(self, location, *, keyring) -> int | None:
+        """Authenticate a file that is not read as a stream (encrypted Parquet) with keys from ``keyring``;
+        returns the bytes verified. ``None``: :meth:`verify` reads it as a stream under one data key."""
+        return None
+
+    def decrypt_file(self, location, out, *, keyring, expect=None) -> int | None:
+        """Write such a file's plaintext form to ``out`` (plaintext Parquet), after checking it is the
+        data-set member ``expect`` (when given); returns the bytes read. ``None``: the file decrypts as a
+        stream (:meth:`open_reader`)."""
+        return None
+
     def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
         """Extra files (name -> content) that a folder written in this format carries."""
         return {}
@@ -163,8 +195,10 @@ _FORMATS: Registry[FileFormat] = Registry(
         "aes_gcm_stream": "ppml.crypto.gcm_stream_format:GcmStreamFormat",
         "aes/cbc/pkcs5padding": "ppml.crypto.bigdl_cbc_format:BigdlCbcFormat",
         "plain_text": "ppml.crypto.plain_format:PlainTextFormat",
+        "parquet": "ppml.parquet.format:ParquetFormat",
     },
-    aliases={"aes_cbc_pkcs5padding": "aes/cbc/pkcs5padding", "plaintext": "plain_text"},
+    aliases={"aes_cbc_pkcs5padding": "aes/cbc/pkcs5padding", "plaintext": "plain_text", "pme": "parquet",
+             "aes_gcm_v1": "parquet", "aes_gcm_ctr_v1": "parquet"},
 )
 _INSTANCES: dict[type[FileFormat], FileFormat] = {}
 
@@ -185,6 +219,18 @@ def get_format(name: str) -> FileFormat:
 
 def available_formats() -> list[str]:
     return _FORMATS.names()
+
+
+def detect_file_format(raw: BinaryIO, path: str) -> FileFormat:
+    """The format of the file open in ``raw``: by its first bytes, else by its tail (:meth:`FileFormat.sniff_tail`)."""
+    raw.seek(0)
+    fmt = detect_format(raw.read(SNIFF_SIZE), path)
+    if not fmt.encrypted:
+        for name in available_formats():
+            candidate = get_format(name)
+            if candidate.encrypted and candidate.sniff_tail(raw, path):
+                return candidate
+    return fmt
 
 
 def detect_format(head: bytes, path: str) -> FileFormat:

@@ -18,11 +18,10 @@ from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import (
     DEFAULT_FORMAT,
-    SNIFF_SIZE,
     FileFormat,
     FileInfo,
     available_formats,
-    detect_format,
+    detect_file_format,
     get_format,
 )
 from ppml.errors import CorruptHeaderError, IntegrityError, PpmlError, UnprotectedDataWarning, UsageError
@@ -60,7 +59,7 @@ def _at(base: Location, relative: str) -> Location:
 
 def _sniff(location: Location) -> FileFormat:
     with location.open("rb", header_only=True) as raw:
-        fmt = detect_format(raw.read(SNIFF_SIZE), location.path)
+        fmt = detect_file_format(raw, location.path)
     if not fmt.encrypted:
         # A damaged header must not make an encrypted file pass as plaintext (copied out by decrypt,
         # reported ok by verify): a name with an encrypted format's suffix needs that format's header.
@@ -309,9 +308,10 @@ def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey 
                 out_rel = _strip(relative, fmt)
                 out = _at(staging, out_rel)
                 expect = members.get(relative) if members is not None else None
-                with open_decrypted(location, keyring=keyring, key=key, mode=fmt.name, expect=expect) as reader, \
-                        out.open("wb") as writer:
-                    written = copy_stream(reader, writer, progress)
+                if (written := fmt.decrypt_file(location, out, keyring=keyring, expect=expect)) is None:
+                    with open_decrypted(location, keyring=keyring, key=key, mode=fmt.name, expect=expect) as reader, \
+                            out.open("wb") as writer:
+                        written = copy_stream(reader, writer, progress)
                 return {"source": location.url, "target": _at(target, out_rel).url,
                         "format": fmt.name, "bytes": written}
             return run
@@ -348,8 +348,9 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
                     info = fmt.describe(raw, name=location.url)
                     if members is not None and relative in members:
                         check_member(members[relative], fmt, info, name=location.url)
-                    data_key = _key_for(fmt, info, keyring, key, location.url)
-                    plaintext = fmt.verify(raw, data_key, name=location.url)
+                    if (plaintext := fmt.verify_file(location, keyring=keyring)) is None:
+                        data_key = _key_for(fmt, info, keyring, key, location.url)
+                        plaintext = fmt.verify(raw, data_key, name=location.url)
                 result = {"path": location.url, "format": fmt.name, "ok": True, "bytes": plaintext}
             except PpmlError as exc:
                 result = {"path": location.url, "ok": False, "bytes": 0, "error": exc.to_dict()}

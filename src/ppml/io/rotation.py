@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
-from ppml.crypto.formats import SNIFF_SIZE, FileFormat, detect_format, get_format
+from ppml.crypto.formats import SNIFF_SIZE, FileFormat, detect_file_format, get_format
 from ppml.crypto.manifest import SCHEMA as MANIFEST_SCHEMA
 from ppml.crypto.manifest import Manifest, Member
 from ppml.errors import PpmlError
@@ -76,7 +76,7 @@ def _classify(location: Location) -> KeyedFile | None:
                 manifest, _ = Manifest.parse(data, name=location.url)
                 return KeyedFile(location, MANIFEST, manifest.envelope, True)
             return None
-        fmt = detect_format(head, location.path)
+        fmt = detect_file_format(raw, location.path)
         if not fmt.encrypted:
             return None
         info = fmt.describe(raw, name=location.url)
@@ -229,6 +229,9 @@ def rewrap(path: str, *, keyring: KeyRing, backend: KeyManagementService, key_na
             try:
                 if (refused := _refused(keyed, sets)) is not None:
                     return refused
+                if keyed.kind not in (DATA_KEY_FILE, MANIFEST) and (done := keyed.format.rewrap_file(
+                        keyed.location, keyring=keyring, backend=backend, key_name=key_name, remove=remove)) is not None:
+                    return {**entry, **done}
                 if not keyed.rewrappable:
                     return {**entry, "status": "skipped", "reason": f"{keyed.kind} headers cannot be re-wrapped"}
                 if keyed.kind == DATA_KEY_FILE:
@@ -281,6 +284,11 @@ def rekey(path: str, *, keyring: KeyRing, key: DataKey, envelope: Sequence[Wrapp
             location, fmt = keyed.location, keyed.format
             if (refused := _refused(keyed, sets)) is not None:
                 return refused
+            try:
+                if (done := fmt.rekey_file(location, keyring=keyring)) is not None:
+                    return {"path": location.url, **done}
+            except PpmlError as exc:
+                return {"path": location.url, "status": "failed", "error": exc.to_dict()}
             if fmt.data_key_kind != kind:
                 return {"path": location.url, "status": "skipped",
                         "reason": f"{fmt.name} files take {fmt.data_key_kind} data keys, not {kind} ones"}

@@ -33,6 +33,8 @@ from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
+from ppml.parquet.settings import ALGORITHMS
+from ppml.spark import parquet_context
 from ppml.spark.datasource import PpmlDataSource
 from ppml.spark.provenance import describe_provenance
 from ppml.spark.session import secure_session, warn_insecure
@@ -87,11 +89,16 @@ class PPMLContext:
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
         each executor reads itself). Default: each process's ``AZURE_STORAGE_*`` environment variables,
         then ``DefaultAzureCredential``.
+    parquet_engine
+        How encrypted Parquet is read and written: ``spark`` (Spark's own Parquet reader and writer, keys
+        from a ppml key agent; the default) or ``pyarrow`` (the ``ppml`` data source). See
+        :mod:`ppml.spark.parquet_context`.
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, keys: KeySettings | None = None,
                  data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None,
-                 signing_key: str | os.PathLike | None = None) -> None:
+                 signing_key: str | os.PathLike | None = None,
+                 parquet_engine: str = parquet_context.DEFAULT_ENGINE) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
@@ -106,14 +113,22 @@ class PPMLContext:
             self._settings["signingKeyJson"] = json.dumps(DataKeyFile.load(signing_key).to_json())
         self._storage = azure_storage or AzureStorageSettings()
         self._settings.update(self._storage.to_options())
+        if parquet_engine not in parquet_context.ENGINES:
+            raise UsageError(f"unknown Parquet engine {parquet_engine!r}", hint="choose spark or pyarrow")
+        self.parquet_engine = parquet_engine
 
     def read(self, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedReader:
         """A reader for files in ``crypto_mode`` (each encrypted file's own header names its key)."""
-        return EncryptedReader(self, get_format(crypto_mode).name)
+        return EncryptedReader(self, _mode(crypto_mode))
 
     def write(self, df: DataFrame, crypto_mode: str = DEFAULT_FORMAT) -> EncryptedWriter:
         """A writer of ``df`` in ``crypto_mode``; default save mode ``error`` as in Spark."""
-        return EncryptedWriter(self, df, get_format(crypto_mode).name)
+        return EncryptedWriter(self, df, _mode(crypto_mode))
+
+
+def _mode(crypto_mode: str) -> str:
+    """The crypto mode's registered name; PME's algorithm names (BigDL's modes) are kept as they pick one."""
+    return crypto_mode.strip().lower() if crypto_mode.strip().lower() in ALGORITHMS else get_format(crypto_mode).name
 
 
 class EncryptedReader:
@@ -187,6 +202,15 @@ class EncryptedReader:
     def text(self, path: str | list[str]) -> DataFrame:
         return self.load(path, "text")
 
+    def parquet(self, path: str | list[str]) -> DataFrame:
+        """Encrypted Parquet (PME) in any encrypted mode, plaintext Parquet with ``plain_text``.
+
+        Data sets are checked against their manifests first; ``.columns(...)`` and ``.schema(...)`` narrow
+        what is read. ``.option("parquetEngine", "pyarrow")`` reads through the ``ppml`` data source instead of
+        Spark's own reader (see :mod:`ppml.spark.parquet_context`).
+        """
+        return parquet_context.read(self._ctx, path, self._options, self._schema, self._columns)
+
 
 class EncryptedWriter:
     """``ctx.write(df, mode).mode("overwrite").option(...).csv(path)``, like ``df.write``."""
@@ -237,3 +261,10 @@ class EncryptedWriter:
 
     def text(self, path: str) -> None:
         self.save(path, "text")
+
+    def parquet(self, path: str) -> None:
+        """Encrypted Parquet (PME): every column encrypted, with the footer key (option ``footerKey``; default:
+        the primary key that wraps the context's data key) unless ``columnKeys`` (``KEY:col,col;KEY2:col``)
+        names another; ``plaintextFooter`` and ``externalKeyMaterial`` as in
+        :class:`~ppml.parquet.settings.ParquetEncryption`. ``plain_text`` writes plaintext Parquet."""
+        parquet_context.write(self._ctx, self._df, path, self._mode, self._options)

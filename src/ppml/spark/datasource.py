@@ -6,7 +6,10 @@ Options (case-insensitive; none is secret):
 option                     meaning
 =========================  ==================================================================
 ``cryptoMode``             ``aes_gcm_stream`` (default), ``plain_text``, ``aes/cbc/pkcs5padding``
-``format``                 ``csv`` (default), ``json`` (JSON lines) or ``text``
+``format``                 ``csv`` (default), ``json`` (JSON lines), ``text`` or ``parquet``
+                           (encrypted Parquet, see :mod:`ppml.spark.parquet_source`; with
+                           ``footerKey``, ``columnKeys``, ``plaintextFooter``,
+                           ``externalKeyMaterial``, ``doubleWrapping`` for writes)
 ``header``, ``sep``,       CSV layout, as in Spark's CSV source; ``ignoreTrailingDelimiter``
 ``quote``, ``escape``,     (``auto``/``true``/``false``) handles dbgen's trailing ``|``
 ``nullValue``
@@ -37,6 +40,8 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from ppml.crypto.formats import get_format
 from ppml.errors import ConfigError
+from ppml.parquet.format import PARQUET_FORMAT
+from ppml.spark import parquet_source
 from ppml.spark.options import BOOL_TRUE, parse_options
 from ppml.spark.reader import FilteringPpmlReader, PpmlReader
 from ppml.spark.splits import list_files
@@ -46,7 +51,7 @@ __all__ = ["PpmlDataSource"]
 
 
 class PpmlDataSource(DataSource):
-    """Encrypted CSV / JSON-lines / text files with keys from a KMS."""
+    """Encrypted CSV / JSON-lines / text files and encrypted Parquet, with keys from a KMS."""
 
     @classmethod
     def name(cls) -> str:
@@ -58,6 +63,8 @@ class PpmlDataSource(DataSource):
     def schema(self) -> StructType | str:
         """Without a user schema: ``value string`` for text; CSV columns named by the header, as strings."""
         options = self._parsed()
+        if options.text.format == PARQUET_FORMAT:
+            return parquet_source.infer_schema(options)
         if options.text.format == "text":
             return StructType([StructField("value", StringType())])
         if options.text.format == "json":
@@ -80,16 +87,21 @@ class PpmlDataSource(DataSource):
         names = fields if options.text.header else [f"_c{i}" for i in range(len(fields))]
         return StructType([StructField(n, StringType()) for n in names])
 
-    def reader(self, schema: StructType) -> PpmlReader:
+    def reader(self, schema: StructType) -> PpmlReader | parquet_source.ParquetReader:
         options = self._parsed()
+        pushdown = str(self.options.get("filterPushdown", "true")).lower() in BOOL_TRUE
+        if options.text.format == PARQUET_FORMAT:
+            return (parquet_source.FilteringParquetReader if pushdown else parquet_source.ParquetReader)(options, schema)
         file_schema = None
         if self.options.get("fileSchema"):
             file_schema = StructType.fromJson(json.loads(self.options["fileSchema"]))
             missing = [n for n in schema.names if n not in file_schema.names]
             if missing:
                 raise ConfigError(f"columns {missing} are not in the fileSchema option")
-        pushdown = str(self.options.get("filterPushdown", "true")).lower() in BOOL_TRUE
         return (FilteringPpmlReader if pushdown else PpmlReader)(options, schema, file_schema)
 
-    def writer(self, schema: StructType, overwrite: bool) -> PpmlWriter:
-        return PpmlWriter(self._parsed(), schema, overwrite)
+    def writer(self, schema: StructType, overwrite: bool) -> PpmlWriter | parquet_source.ParquetWriter:
+        options = self._parsed()
+        if options.text.format == PARQUET_FORMAT:
+            return parquet_source.ParquetWriter(options, schema, overwrite)
+        return PpmlWriter(options, schema, overwrite)

@@ -20,11 +20,13 @@ from ppml.errors import ConfigError, UsageError
 from ppml.io.azure import AzureStorageSettings
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
+from ppml.parquet.format import PARQUET_FORMAT
+from ppml.parquet.settings import ParquetEncryption
 
 __all__ = ["TextOptions", "SourceOptions", "parse_options", "BOOL_TRUE"]
 
 BOOL_TRUE = {"true", "1", "yes", "on"}
-FILE_FORMATS = ("csv", "json", "text")
+FILE_FORMATS = ("csv", "json", "text", PARQUET_FORMAT)
 DEFAULT_SPLIT_SIZE = 128 * 1024 * 1024
 _KNOWN = {
     "path", "paths", "format", "cryptomode", "header", "sep", "delimiter", "quote", "escape", "nullvalue",
@@ -32,6 +34,7 @@ _KNOWN = {
     "filterpushdown", "datasetversions", "provenance", "signingkeyjson",
     *(name.lower() for name in KeySettings.OPTIONS.values()),
     *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
+    *(name.lower() for name in ParquetEncryption.OPTIONS.values()),
 }
 
 
@@ -64,6 +67,7 @@ class SourceOptions:
     #: Writes: what the result's provenance record says about its inputs and query (JSON), and the signing key.
     provenance_json: str | None = None
     signing_key_json: str | None = None
+    parquet: tuple[tuple[str, str], ...] = ()  # the encrypted-Parquet writer options (ppml.spark.parquet_source)
 
     @property
     def expected_versions(self) -> dict[str, int]:
@@ -106,7 +110,7 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
     paths = tuple(json.loads(raw_paths)) if raw_paths.startswith("[") else (raw_paths,)
     file_format = lowered.get("format", "csv").lower()
     if file_format not in FILE_FORMATS:
-        raise ConfigError(f"unsupported file format {file_format!r}", hint="choose csv, json or text")
+        raise ConfigError(f"unsupported file format {file_format!r}", hint="choose " + ", ".join(FILE_FORMATS))
     sep = lowered.get("sep", lowered.get("delimiter", ","))
     text = TextOptions(
         format=file_format,
@@ -129,10 +133,11 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
     if split_size < 1024 * 1024:
         raise ConfigError("option 'splitSize' must be at least 1 MiB")
     storage = AzureStorageSettings.from_options(lowered)
+    parquet = tuple((k, v) for k, v in lowered.items() if k in {o.lower() for o in ParquetEncryption.OPTIONS.values()})
     try:
         versions = tuple((str(url), int(v)) for url, v in json.loads(lowered.get("datasetversions", "{}")).items())
     except (ValueError, AttributeError, TypeError):
         raise ConfigError("option 'datasetVersions' must be a JSON object of data-set URL -> version") from None
     return SourceOptions(paths, lowered.get("cryptomode", DEFAULT_FORMAT), text, keys, data_key_json, columns,
                          split_size, lowered.get("segment"), storage, versions, lowered.get("provenance"),
-                         lowered.get("signingkeyjson"))
+                         lowered.get("signingkeyjson"), parquet)

@@ -172,5 +172,21 @@ def secure_session(builder: SparkSession.Builder | None = None, *, auth_secret_f
     if auth_secret_file and "spark.authenticate.secret" not in given:
         secret = Path(auth_secret_file).read_text(encoding="utf-8").strip()
         builder = builder.config("spark.authenticate.secret", secret)
+    if (jars := _with_parquet_client(given.get("spark.jars"))) is not None:
+        builder = builder.config("spark.jars", jars)
     warn_insecure(given, session_master(given))
     return builder.getOrCreate()
+
+
+def _with_parquet_client(jars: str | None) -> str | None:
+    """``spark.jars`` with ppml's parquet-java key client (when built), so that Spark's own Parquet reader and
+    writer find it from the start (a jar added to a running session is not seen by every class loader)."""
+    from ppml.errors import ConfigError
+    from ppml.parquet.jvm import client_jar
+
+    try:
+        jar = str(client_jar(build=False))
+    except ConfigError:
+        return None
+    listed = [j for j in (jars or "").split(",") if j.strip()]
+    return None if jar in listed else ",".join([*listed, jar])

@@ -91,7 +91,8 @@ class Variant:
 
     ``spark_writer`` writes plaintext results with Spark's own CSV writer (the baseline) instead of
     through ppml in ``output_mode``; ``oracle`` is an object with ``answer(n) -> rows``; ``label``
-    prefixes the query in progress reports.
+    prefixes the query in progress reports; ``parquet`` writes results as Parquet (PME-encrypted in an
+    encrypted mode, :mod:`ppml.tpch.parquet`) instead of CSV.
     """
 
     tables: Tables
@@ -100,6 +101,7 @@ class Variant:
     spark_writer: bool = False
     oracle: object | None = None
     label: str = ""
+    parquet: bool = False
 
 
 #: The query :func:`warm_up` runs: filters, joins, an aggregate, a sort and a limit.
@@ -146,32 +148,39 @@ def run_side_by_side(ctx: PPMLContext, variants: Sequence[Variant], queries: Seq
 
 
 def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: str, queries: Sequence[int], *,
-                oracle=None, progress: Progress | None = None, spark_writer: bool = False) -> list[QueryRun]:
+                oracle=None, progress: Progress | None = None, spark_writer: bool = False,
+                parquet: bool = False) -> list[QueryRun]:
     """Run ``queries``, write each result encrypted in ``output_mode``, time them, and check with ``oracle``.
 
     ``oracle`` is an object with ``answer(n) -> rows``; when given, each written result is read back
     (decrypted) and compared value by value with it. ``spark_writer`` writes plaintext results with
-    Spark's own CSV writer instead (the baseline).
+    Spark's own CSV writer instead (the baseline). ``parquet`` writes results as Parquet (encrypted with
+    PME in an encrypted mode) instead of CSV (:mod:`ppml.tpch.parquet`).
     """
-    variant = Variant(tables, output_dir, output_mode, spark_writer=spark_writer, oracle=oracle)
+    variant = Variant(tables, output_dir, output_mode, spark_writer=spark_writer, oracle=oracle, parquet=parquet)
     return run_side_by_side(ctx, [variant], queries, progress=progress)[0]
 
 
 def _run_one(ctx: PPMLContext, variant: Variant, number: int) -> QueryRun:
     """Query ``number`` in ``variant``: timed from building the plan to the written result, then checked."""
+    from ppml.tpch import parquet as tpch_parquet
     from ppml.tpch.comparison import compare
 
     label = query_label(number)
     target = f"{variant.output_dir.rstrip('/')}/{label}"
     started = time.perf_counter()
     df = run_query(number, variant.tables.narrowed(COLUMNS_USED[number]))  # each table parses only what it uses
-    if variant.spark_writer:
+    if variant.parquet:
+        tpch_parquet.write_result(ctx, df, target, variant.output_mode, spark_writer=variant.spark_writer)
+    elif variant.spark_writer:
         df.write.mode("overwrite").option("header", True).csv(target)
     else:
         writer = ctx.write(df, variant.output_mode).label(f"TPC-H {label}")
         writer.mode("overwrite").option("header", True).csv(target)
     seconds = time.perf_counter() - started
-    if variant.spark_writer:
+    if variant.parquet:
+        back = tpch_parquet.read_result(ctx, target, variant.output_mode, spark_writer=variant.spark_writer)
+    elif variant.spark_writer:
         back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
     else:
         back = ctx.read(variant.output_mode).option("header", True).schema(df.schema).csv(target).collect()

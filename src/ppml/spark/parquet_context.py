@@ -1,0 +1,122 @@
+"""Encrypted Parquet from :class:`~ppml.spark.context.PPMLContext`: ``ctx.read(mode).parquet(path)`` and
+``ctx.write(df, mode).parquet(path)``, on one of two engines.
+
+``spark`` (the default): Spark's own Parquet reader and writer, with parquet-java's
+``PropertiesDrivenCryptoFactory`` and ppml's ``KmsClient`` (:mod:`ppml.parquet.jvm`), which asks a ppml key
+agent on the same host for keys. Spark does the column pruning, filter pushdown and vectorised decoding it
+does for plaintext Parquet, so encrypted Parquet runs at about plaintext speed.
+
+``pyarrow``: the ``ppml`` data source (:mod:`ppml.spark.parquet_source`), pyarrow in Spark's Python workers.
+It reads any fsspec URL (``abfss://`` without Hadoop's Azure jars) and checks each file's identity in the
+task that reads it; rows cross from Python into the JVM, which costs time.
+
+Both check the input against its data-set manifests before reading, and record the output's next version
+after writing. Crypto modes: any encrypted mode (``aes_gcm_v1`` and ``aes_gcm_ctr_v1``, BigDL's names, or
+the default) reads PME; writes use AES_GCM_V1 unless the mode is ``aes_gcm_ctr_v1``; ``plain_text`` reads
+and writes plaintext Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from ppml.crypto.formats import get_format
+from ppml.errors import AlreadyExistsError, UsageError
+from ppml.io.azure import AZURE_PROTOCOLS
+from ppml.io.datasets import commit_version, latest_version
+from ppml.io.storage import locate
+from ppml.parquet import jvm
+from ppml.parquet.datasets import member_of, checked_parts
+from ppml.parquet.format import PARQUET_FORMAT
+from ppml.parquet.tables import leaf_columns
+from ppml.spark.options import parse_options
+from ppml.spark.parquet_source import encryption, infer_schema, manifest_envelope
+
+__all__ = ["ENGINES", "DEFAULT_ENGINE", "read", "write", "install_client"]
+
+ENGINES = ("spark", "pyarrow")
+DEFAULT_ENGINE = "spark"
+ENGINE_OPTION = "parquetEngine"
+
+
+def install_client(spark) -> None:
+    """Make ppml's parquet-java key client available to this session's executors (once)."""
+    context = spark.sparkContext._jsc.sc()
+    jar = jvm.client_jar()
+    if jar.name not in str(context.listJars().mkString(",")):
+        context.addJar(str(jar))
+
+
+def _engine(ctx, options: dict[str, str], paths: list[str]) -> str:
+    engine = str(options.pop(ENGINE_OPTION, ctx.parquet_engine)).lower()
+    if engine not in ENGINES:
+        raise UsageError(f"unknown Parquet engine {engine!r}", hint="choose spark or pyarrow")
+    if engine == "spark" and any(p.split("://", 1)[0].lower() in AZURE_PROTOCOLS for p in paths if "://" in p):
+        return "pyarrow"  # pyspark has no Hadoop Azure file system; ppml's source reads through fsspec
+    if engine == "spark":
+        install_client(ctx.spark)
+    return engine
+
+
+def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType | str | None,
+         columns: list[str] | None) -> DataFrame:
+    """See :meth:`~ppml.spark.context.EncryptedReader.parquet`."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    options = dict(options)
+    engine = _engine(ctx, options, paths)
+    encrypted = get_format(options["cryptoMode"]).encrypted
+    if engine == "pyarrow":
+        reader = ctx.spark.read.format("ppml").options(**options).option("format", PARQUET_FORMAT)
+        if columns is not None:
+            full = schema or infer_schema(parse_options({**options, "format": PARQUET_FORMAT,
+                                                         "paths": json.dumps(paths)}))
+            full = full if isinstance(full, StructType) else StructType.fromDDL(full)
+            schema = StructType([full[c] for c in columns])  # the source reads only the schema's columns
+        if schema is not None:
+            reader = reader.schema(schema)
+        return reader.option("paths", json.dumps(paths)).load() if len(paths) > 1 else reader.load(paths[0])
+    files: list[str] = []
+    for item in paths:
+        files.extend(p.location.url for p in checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None,
+                                                           encrypted=encrypted))
+    reader = ctx.spark.read.options(**jvm.read_options(ctx.keys)) if encrypted else ctx.spark.read
+    if schema is not None:
+        reader = reader.schema(schema)
+    df = reader.parquet(*files)
+    return df.select(*columns) if columns is not None else df
+
+
+def write(ctx, df: DataFrame, path: str, save_mode: str, options: Mapping[str, str]) -> None:
+    """See :meth:`~ppml.spark.context.EncryptedWriter.parquet`."""
+    options = dict(options)
+    engine = _engine(ctx, options, [path])
+    source = parse_options({**options, "format": PARQUET_FORMAT, "path": path})
+    target = locate(path, azure=source.storage)
+    exists = target.exists() and (not target.is_dir() or bool(target.files()))
+    if exists and save_mode in ("error", "errorifexists", "default"):
+        raise AlreadyExistsError(f"{path} already exists", hint="use .mode('overwrite') or .mode('append')")
+    if exists and save_mode == "ignore":
+        return
+    spark_mode = "append" if save_mode == "append" else "overwrite"
+    if engine == "pyarrow":
+        df.write.format("ppml").mode(spark_mode).options(**options).option("format", PARQUET_FORMAT).save(path)
+        return
+    if not get_format(source.crypto_mode).encrypted:
+        df.write.mode(spark_mode).parquet(path)
+        return
+    settings = encryption(source)
+    properties = settings.hadoop_properties(leaf_columns(to_arrow_schema(df.schema, timezone="UTC")))
+    envelope = manifest_envelope(source, settings.footer_key)  # before writing: a write without a key fails early
+    keyring = ctx.keys.keyring()
+    previous = latest_version(target, keyring) if spark_mode == "append" and target.exists() else None
+    df.write.mode(spark_mode).options(**jvm.write_options(ctx.keys, properties)).parquet(path)
+    recorded = set(previous.members()) if previous is not None else set()
+    added = [member_of(target, relative) for relative, _ in target.files() if relative not in recorded]
+    commit_version(target, added, replace=spark_mode == "overwrite", key=keyring.unwrap(envelope, name=target.url),
+                   envelope=envelope, keyring=keyring, writer="ppml Spark writer (encrypted Parquet, Spark's writer)",
+                   existing=lambda: [member_of(target, relative) for relative, _ in target.files()])
