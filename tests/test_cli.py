@@ -416,6 +416,9 @@ def test_format_names_are_not_literals_outside_the_format_modules():
     names = {n.lower() for n in available_formats()} | {"aes_cbc_pkcs5padding"}  # "plaintext" is also a word
     allowed = {"crypto/formats.py", "crypto/gcm_stream_format.py", "crypto/bigdl_cbc_format.py", "crypto/plain_format.py",
                "parquet/format.py"}
+    # "parquet" is also a layout of the plaintext inside a file (ML reads csv, parquet or json from any
+    # encrypted file), a TPC-H table layout beside csv, and a command's name: none of them tests a format.
+    layouts = {"ml/data.py", "ml/jobs.py", "cli/tpch.py", "cli/main.py"}
     found = []
     for path in sorted(source.rglob("*.py")):
         relative = path.relative_to(source).as_posix()
@@ -423,5 +426,6 @@ def test_format_names_are_not_literals_outside_the_format_modules():
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in names:
-                found.append(f"{relative}:{node.lineno}: {node.value!r}")
+                if not (relative in layouts and node.value.lower() == "parquet"):
+                    found.append(f"{relative}:{node.lineno}: {node.value!r}")
     assert _FORMATS.names() and not found, found
