@@ -134,7 +134,7 @@ def test_tpch_run_with_a_k8s_master_goes_through_ppml_submit(api, deployment, tm
     args = pod["spec"]["containers"][0]["args"]
     assert args[args.index("tpch"):] == ["tpch", "run", "abfs://data/tpch", "abfs://data/out", "aes_gcm_stream",
                                          "aes_gcm_stream", "1", "6", "--data-key", "/etc/ppml/data-keys/dk.json",
-                                         "--vault", "kv1"]
+                                         "--format", "csv", "--vault", "kv1"]
 
 
 def test_the_api_servers_certificate_is_verified(api, deployment, tmp_path):
