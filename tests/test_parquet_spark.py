@@ -130,3 +130,25 @@ def test_a_changed_page_fails_the_spark_read_and_the_data_set_check_names_files(
     (target / "extra.parquet").write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="extra.parquet"):
         ctx.read().parquet(str(target))
+
+
+@pytest.mark.parametrize("engine", ["spark", "pyarrow"])
+def test_results_carry_signed_provenance_naming_the_parquet_inputs(ctx, tmp_path, engine):
+    from ppml.io.provenance import FOLDER, verify_provenance
+
+    source, out = str(tmp_path / "source"), str(tmp_path / "out")
+    ctx.write(_frame(ctx.spark, 500)).option("parquetEngine", engine).parquet(source)
+    read = ctx.read().option("parquetEngine", engine).parquet(source)
+    ctx.write(read.filter("id < 40")).option("parquetEngine", engine).label("the first forty").parquet(out)
+    ring = ctx.keys.keyring()
+    report = verify_provenance(locate(out), ring)
+    record = json.loads((tmp_path / "out" / FOLDER / "v00000001.json").read_text())
+    assert record["query"]["label"] == "the first forty" and len(record["query"]["digest"]) == 64
+    [source_input] = record["inputs"]
+    assert source_input["path"] == locate(source).url and source_input["version"] == 1
+    assert report["inputs"][0]["ok"]
+    # An input that no longer holds what was read is told apart.
+    victim = next(p for p in sorted((tmp_path / "source").glob("part-*")))
+    (tmp_path / "source" / "part-99999-copy.parquet").write_bytes(victim.read_bytes())
+    with pytest.raises(IntegrityError, match="part-99999-copy"):
+        verify_provenance(locate(out), ring)

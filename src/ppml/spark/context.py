@@ -267,4 +267,4 @@ class EncryptedWriter:
         the primary key that wraps the context's data key) unless ``columnKeys`` (``KEY:col,col;KEY2:col``)
         names another; ``plaintextFooter`` and ``externalKeyMaterial`` as in
         :class:`~ppml.parquet.settings.ParquetEncryption`. ``plain_text`` writes plaintext Parquet."""
-        parquet_context.write(self._ctx, self._df, path, self._mode, self._options)
+        parquet_context.write(self._ctx, self._df, path, self._mode, self._options, self._label)

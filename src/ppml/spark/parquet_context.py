@@ -31,11 +31,12 @@ from ppml.io.azure import AZURE_PROTOCOLS
 from ppml.io.datasets import commit_version, latest_version
 from ppml.io.storage import locate
 from ppml.parquet import jvm
-from ppml.parquet.datasets import member_of, checked_parts
+from ppml.parquet.datasets import checked_parts, member_of
 from ppml.parquet.format import PARQUET_FORMAT
 from ppml.parquet.tables import leaf_columns
 from ppml.spark.options import parse_options
 from ppml.spark.parquet_source import encryption, infer_schema, manifest_envelope
+from ppml.spark.provenance import dataset_versions, describe_provenance, record_provenance, remember_parquet_read
 
 __all__ = ["ENGINES", "DEFAULT_ENGINE", "read", "write", "install_client"]
 
@@ -70,8 +71,10 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
     options = dict(options)
     engine = _engine(ctx, options, paths)
     encrypted = get_format(options["cryptoMode"]).encrypted
+    versions = dataset_versions(paths, ctx.keys.keyring()) if encrypted else {}
     if engine == "pyarrow":
-        reader = ctx.spark.read.format("ppml").options(**options).option("format", PARQUET_FORMAT)
+        reader = (ctx.spark.read.format("ppml").options(**options).option("format", PARQUET_FORMAT)
+                  .option("datasetVersions", json.dumps(versions)))
         if columns is not None:
             full = schema or infer_schema(parse_options({**options, "format": PARQUET_FORMAT,
                                                          "paths": json.dumps(paths)}))
@@ -88,12 +91,14 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
     if schema is not None:
         reader = reader.schema(schema)
     df = reader.parquet(*files)
+    if encrypted:
+        remember_parquet_read(files, paths, options["cryptoMode"], versions)
     return df.select(*columns) if columns is not None else df
 
 
-def write(ctx, df: DataFrame, path: str, save_mode: str, options: Mapping[str, str]) -> None:
+def write(ctx, df: DataFrame, path: str, save_mode: str, options: Mapping[str, str], label: str | None = None) -> None:
     """See :meth:`~ppml.spark.context.EncryptedWriter.parquet`."""
-    options = dict(options)
+    options = {**options, "provenance": json.dumps(describe_provenance(df, label))}
     engine = _engine(ctx, options, [path])
     source = parse_options({**options, "format": PARQUET_FORMAT, "path": path})
     target = locate(path, azure=source.storage)
@@ -117,6 +122,8 @@ def write(ctx, df: DataFrame, path: str, save_mode: str, options: Mapping[str, s
     df.write.mode(spark_mode).options(**jvm.write_options(ctx.keys, properties)).parquet(path)
     recorded = set(previous.members()) if previous is not None else set()
     added = [member_of(target, relative) for relative, _ in target.files() if relative not in recorded]
-    commit_version(target, added, replace=spark_mode == "overwrite", key=keyring.unwrap(envelope, name=target.url),
-                   envelope=envelope, keyring=keyring, writer="ppml Spark writer (encrypted Parquet, Spark's writer)",
-                   existing=lambda: [member_of(target, relative) for relative, _ in target.files()])
+    version = commit_version(target, added, replace=spark_mode == "overwrite",
+                             key=keyring.unwrap(envelope, name=target.url), envelope=envelope, keyring=keyring,
+                             writer="ppml Spark writer (encrypted Parquet, Spark's writer)",
+                             existing=lambda: [member_of(target, relative) for relative, _ in target.files()])
+    record_provenance(target, version, source, executors=())

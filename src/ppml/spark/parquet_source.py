@@ -47,6 +47,7 @@ from ppml.parquet.masterkeys import master_key_of
 from ppml.parquet.settings import ALGORITHMS, DEFAULT_MASTER_KEY, ParquetEncryption
 from ppml.parquet.tables import leaf_columns, part_dataset, require_column_keys, write_part
 from ppml.spark.options import SourceOptions
+from ppml.spark.provenance import attestation_records, record_provenance
 from ppml.spark.pushdown import split_filters
 from ppml.spark.reader import FilteringPpmlReader, _conform, arrow_schema
 
@@ -172,6 +173,7 @@ class FilteringParquetReader(ParquetReader):
 class ParquetPart(WriterCommitMessage):
     staged: str | None  # None: the task's partition was empty and wrote nothing
     name: str | None
+    attestation: tuple[dict, ...] = ()  # what the task's process proved to key brokers (for provenance)
 
 
 class ParquetWriter(DataSourceArrowWriter):
@@ -203,7 +205,7 @@ class ParquetWriter(DataSourceArrowWriter):
         schema = first.schema if first is not None else arrow_schema(self.schema)
         batches = iter(()) if first is None else _chain(first, iterator)
         write_part(staged, schema, batches, keys=self.options.keys, encryption=self.encryption)
-        return ParquetPart(staged.url, name)
+        return ParquetPart(staged.url, name, tuple(attestation_records()))
 
     def commit(self, messages: list[ParquetPart | None]) -> None:
         root = self._root()
@@ -214,8 +216,10 @@ class ParquetWriter(DataSourceArrowWriter):
         if self.encryption is not None:
             keyring = self.options.keys.keyring()
             key = keyring.unwrap(self.manifest_envelope, name=f"the manifest key of {root.url}")
-            publish(root, parts, replace=self.overwrite, key=key, envelope=self.manifest_envelope, keyring=keyring,
-                    writer="ppml Spark writer (encrypted Parquet)")
+            version = publish(root, parts, replace=self.overwrite, key=key, envelope=self.manifest_envelope,
+                              keyring=keyring, writer="ppml Spark writer (encrypted Parquet)")
+            attested = [a for m in messages if m is not None for a in m.attestation]
+            record_provenance(root, version, self.options, attested)
         else:
             _publish_plain(root, parts, replace=self.overwrite)
         remove_staging(staging_folder(root, self.job_id))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ from ppml.crypto.manifest import Member
 from ppml.errors import ConfigError
 from ppml.io.datasets import DataSetVersion, commit_version, member
 from ppml.io.files import describe
-from ppml.io.provenance import Signer, build_record, write_record
 from ppml.io.storage import Location, locate, move_files
-from ppml.keys.datakey_file import DataKeyFile
 from ppml.spark.options import SourceOptions
+from ppml.spark.provenance import attestation_records, record_provenance
 
 __all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
 
@@ -99,7 +97,7 @@ class PpmlWriter(DataSourceArrowWriter):
                                                        **self.writer_options) as out:
             self._encode(batches, out, first.schema if first is not None else None)
         part = member(name, fmt, describe(staged, fmt), staged.size()) if fmt.encrypted else None
-        return PartCommit(staged.url, final.url, part, tuple(_attestation_records()))
+        return PartCommit(staged.url, final.url, part, tuple(attestation_records()))
 
     def _encode(self, batches: Iterator[pa.RecordBatch], out, schema: pa.Schema | None) -> None:
         text = self.options.text
@@ -146,7 +144,7 @@ class PpmlWriter(DataSourceArrowWriter):
         if fmt.encrypted:
             parts = [m for m in messages if m is not None]
             version = self._record_version(root, [m.member for m in parts if m.member is not None])
-            self._record_provenance(root, version, [a for m in parts for a in m.attestation])
+            record_provenance(root, version, self.options, [a for m in parts for a in m.attestation])
         with root.child(SUCCESS).open("wb"):
             pass
 
@@ -171,27 +169,6 @@ class PpmlWriter(DataSourceArrowWriter):
         return commit_version(root, parts, replace=self.overwrite, key=key, envelope=tuple(envelope), keyring=ring,
                               writer=f"ppml Spark writer ({self.format})", existing=existing)
 
-    def _record_provenance(self, root: Location, version: DataSetVersion, executors: list[dict]) -> None:
-        """The signed record of how this version was made (see :mod:`ppml.io.provenance`)."""
-        ring = self.options.keys.keyring()
-        described = json.loads(self.options.provenance_json or "{}")
-        attested = self.options.keys.uses_broker()
-        if self.options.signing_key_json:
-            record = DataKeyFile.parse(self.options.signing_key_json.encode(), name="the signing key")
-            signer = Signer(ring.unwrap(record.envelope, name="the signing key", key_id=record.key_id),
-                            "signing-key", attested)
-        else:
-            output_key = ring.unwrap(version.manifest.envelope, name=version.location.url,
-                                     key_id=version.manifest.key_id)
-            signer = Signer(output_key, "data-key", attested)
-        processes = [{"process": "driver", **a} for a in _attestation_records()]
-        processes += [{"process": "executor", **a} for a in {e["evidence_digest"]: e for e in executors}.values()]
-        inputs = described.get("inputs") or []
-        key_ids = [version.manifest.key_id, *(i["key_id"] for i in inputs if i.get("key_id"))]
-        data = build_record(version, inputs=inputs, query=described.get("query") or {}, key_ids=key_ids,
-                            attestation=processes, spark=described.get("spark"), signer=signer)
-        write_record(root, version.manifest.version, data)
-
     def abort(self, messages: list[PartCommit | None]) -> None:
         self._cleanup(self._root())
 
@@ -202,12 +179,6 @@ class PpmlWriter(DataSourceArrowWriter):
         parent = root.child(TEMPORARY)
         if parent.exists() and not parent.files(include_hidden=True):
             parent.remove(recursive=True)
-
-
-def _attestation_records() -> list[dict]:
-    """What this process proved to key brokers (none when it never asked one: the client is not loaded)."""
-    client = sys.modules.get("ppml.keys.broker_client")
-    return client.attestation_records() if client is not None else []
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -104,12 +104,15 @@ def spark_parquet_tables(spark: SparkSession, folder: str | Path, *, scale: floa
     return Tables(loader=load, scale=scale if scale is not None else read_scale(folder))
 
 
-def write_result(ctx: PPMLContext, df: DataFrame, target: str, output_mode: str, *, spark_writer: bool) -> None:
-    """A query's result as Parquet: plaintext through Spark's writer (the baseline), else through ppml."""
+def write_result(ctx: PPMLContext, df: DataFrame, target: str, output_mode: str, *, spark_writer: bool,
+                 label: str | None = None) -> None:
+    """A query's result as Parquet: plaintext through Spark's writer (the baseline), else through ppml
+    (``label`` names it in its provenance record)."""
     if spark_writer:
         df.write.mode("overwrite").parquet(target)
     else:
-        ctx.write(df, output_mode).mode("overwrite").parquet(target)
+        writer = ctx.write(df, output_mode).mode("overwrite")
+        (writer.label(label) if label else writer).parquet(target)
 
 
 def read_result(ctx: PPMLContext, target: str, output_mode: str, *, spark_writer: bool) -> list:

@@ -171,7 +171,8 @@ def _run_one(ctx: PPMLContext, variant: Variant, number: int) -> QueryRun:
     started = time.perf_counter()
     df = run_query(number, variant.tables.narrowed(COLUMNS_USED[number]))  # each table parses only what it uses
     if variant.parquet:
-        tpch_parquet.write_result(ctx, df, target, variant.output_mode, spark_writer=variant.spark_writer)
+        tpch_parquet.write_result(ctx, df, target, variant.output_mode, spark_writer=variant.spark_writer,
+                                  label=f"TPC-H {label}")
     elif variant.spark_writer:
         df.write.mode("overwrite").option("header", True).csv(target)
     else:
