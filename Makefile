@@ -12,7 +12,9 @@ AZURITE := .azurite/node_modules/azurite/package.json
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: setup system-packages run test bench clean
+CLUSTER_DIR ?= /tmp/ppml-cluster
+
+.PHONY: setup system-packages run test test-cluster cluster cluster-down bench clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -25,7 +27,8 @@ $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
 	touch $@
 
-# SoftHSM2, swtpm and tpm2-tools (Debian packages, needs root or sudo) for the HSM and attestation tests.
+# SoftHSM2, swtpm and tpm2-tools for the HSM and attestation tests; tcpdump, faketime and iptables for the
+# cluster tests (Debian packages, needs root or sudo).
 system-packages:
 	bash scripts/setup.sh system
 
@@ -34,6 +37,18 @@ run: setup
 
 test: setup system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# Only the tests on the network-namespace cluster (tests/test_net_cluster.py; need root). `make test` runs them too.
+test-cluster: setup system-packages
+	$(PY) -m pytest -m cluster -q
+
+# A test cluster for people: storage, key broker, Spark master, two workers and a client on their own network
+# hosts (network namespaces, needs root), with encrypted TPC-H loaded; prints how to use it.
+cluster: setup system-packages
+	$(PY) tests/netcluster.py up --dir $(CLUSTER_DIR)
+
+cluster-down:
+	$(PY) tests/netcluster.py down --dir $(CLUSTER_DIR)
 
 bench: setup
 	$(PY) benchmarks/crypto_throughput.py

@@ -2,8 +2,9 @@
 # Creates the virtual environment and installs ppml with everything its job and tests need, and the
 # Azurite storage emulator (npm) that the Azure storage tests run against.
 #   bash scripts/setup.sh           the virtual environment and Azurite
-#   bash scripts/setup.sh system    the Debian packages the HSM and attestation tests run against (SoftHSM2,
-#                                   swtpm, tpm2-tools; skipped when their commands are there; `make test`)
+#   bash scripts/setup.sh system    the Debian packages the HSM, attestation and cluster tests run against
+#                                   (SoftHSM2, swtpm, tpm2-tools; tcpdump, faketime and iptables for the
+#                                   network-namespace cluster); skipped when their commands are there; `make test`
 #   bash scripts/setup.sh azurite   only Azurite (skipped when the pinned version is already there)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -28,7 +29,8 @@ install_azurite() {
 }
 
 # command each test needs -> Debian package providing it
-SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools"
+SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools
+tcpdump:tcpdump faketime:faketime iptables:iptables ip:iproute2"
 
 install_system_packages() {
     local entry missing=()
@@ -47,7 +49,7 @@ install_system_packages() {
         sudo -n apt-get update -qq
         sudo -n env DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null
     else
-        echo "setup: error: the HSM and attestation tests need the Debian packages: ${missing[*]}" >&2
+        echo "setup: error: the HSM, attestation and cluster tests need the Debian packages: ${missing[*]}" >&2
         echo "setup:        this user is not root and cannot sudo without a password; install them with" >&2
         echo "setup:        sudo apt-get install ${missing[*]}   and run 'make setup' again" >&2
         exit 1

@@ -89,6 +89,22 @@ def spark_keys(tmp_path):
             "data_key": str(tmp_path / "dk.json"), "key": key, "settings": settings}
 
 
+@pytest.fixture(scope="module")
+def cluster_slot(request, tmp_path_factory):
+    """Held by a module while it runs a Spark cluster, so that under ``pytest -n 2`` (which ``make test`` runs
+    with ``--dist loadfile``, where ``xdist_group`` does not apply) two clusters never share the two cores: the
+    other worker waits here instead."""
+    import fcntl
+
+    if not hasattr(request.config, "workerinput"):  # one process runs the modules one after another anyway
+        yield
+        return
+    # The workers' temporary folders share this parent, which belongs to this run only.
+    with open(tmp_path_factory.getbasetemp().parent / "spark-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 # -- TPC-H data ---------------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from broker_harness import BrokerProcess
 
 from ppml.errors import KeyAccessError
 from ppml.keys.broker_client import BrokerKms, clear_releases
+from ppml.keys.keyring import KeyRing
 
 CLAIMS = {"app": "tpch"}
 pytestmark = pytest.mark.filterwarnings("ignore::ppml.errors.PpmlInsecureWarning")  # simulated attestation
@@ -101,5 +102,9 @@ def test_a_refused_certificate_is_not_retried(tmp_path):
             client.unwrap(wrapped)
         assert time.monotonic() - started < 10
         assert "clock" in failure.value.hint and "PPML_BROKER_CA" in failure.value.hint
+        # Through a key ring (how files are opened) the broker's own advice reaches the user.
+        with pytest.raises(KeyAccessError, match="TLS certificate") as failure:
+            KeyRing([client]).unwrap([wrapped], name="table.csv.ppml")
+        assert "clock" in failure.value.hint and "PPML_KEYSTORE" not in failure.value.hint
     finally:
         broker.stop()
