@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         say(f"| {r['processes']} | {r['releases']} | {r['failed']} | {r['seconds']:.1f} | {r['rate']:.1f} | "
             f"{r['p50'] * 1e3:,.0f} | {r['p99'] * 1e3:,.0f} | {r['max'] * 1e3:,.0f} | {r['rate_limited']} | "
-            f"{r['broker_cpu']:.1f} |")
+            f"{r['broker_cpu']:.2f} |")
     return 1 if any(r["failed"] or r["allowed"] != r["releases"] for r in rows) else 0
 
 
