@@ -9,6 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AZURITE := .azurite/node_modules/azurite/package.json
+CHECKOV := .venv-checkov/bin/checkov
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
@@ -16,35 +17,40 @@ CLUSTER_DIR ?= /tmp/ppml-cluster
 
 .PHONY: setup system-packages run test test-cluster cluster cluster-down bench clean
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
-# The Azure storage emulator for the tests (npm, into .azurite/); reinstalled if that folder is removed.
+# The Azure storage emulator, for the tests only (npm, into .azurite/); reinstalled if that folder is removed.
 $(AZURITE): scripts/setup.sh
 	bash scripts/setup.sh azurite
 	touch $@
 
-# SoftHSM2, swtpm and tpm2-tools for the HSM and attestation tests; tcpdump, faketime and iptables for the
-# cluster tests (Debian packages, needs root or sudo).
+# checkov (static analysis of the rendered Kubernetes objects and the Dockerfile), in its own venv.
+$(CHECKOV): scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh checkov
+	touch $@
+
+# SoftHSM2, swtpm and tpm2-tools for the HSM and attestation tests; iproute2, tcpdump, faketime and iptables
+# for the cluster tests (Debian packages, needs root or sudo).
 system-packages:
 	bash scripts/setup.sh system
 
 run: setup
 	$(VENV)/bin/ppml tpch demo --dir demo
 
-test: setup system-packages
+test: setup $(AZURITE) $(CHECKOV) system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 # Only the tests on the network-namespace cluster (tests/test_net_cluster.py; need root). `make test` runs them too.
-test-cluster: setup system-packages
+test-cluster: setup $(AZURITE) system-packages
 	$(PY) -m pytest -m cluster -q
 
 # A test cluster for people: storage, key broker, Spark master, two workers and a client on their own network
 # hosts (network namespaces, needs root), with encrypted TPC-H loaded; prints how to use it.
-cluster: setup system-packages
+cluster: setup $(AZURITE) system-packages
 	$(PY) tests/netcluster.py up --dir $(CLUSTER_DIR)
 
 cluster-down:
@@ -54,4 +60,4 @@ bench: setup
 	$(PY) benchmarks/crypto_throughput.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite
+	rm -rf $(VENV) demo .pytest_cache .hypothesis .azurite .venv-checkov

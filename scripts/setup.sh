@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Creates the virtual environment and installs ppml with everything its job and tests need, and the
-# Azurite storage emulator (npm) that the Azure storage tests run against.
-#   bash scripts/setup.sh           the virtual environment and Azurite
+# Creates the virtual environment and installs ppml with everything its job and tests need (Python), and
+# what only the tests need outside Python.
+#   bash scripts/setup.sh           the virtual environment (`make run`, `make test`)
+#   bash scripts/setup.sh azurite   the Azurite storage emulator (npm) the Azure storage tests run against
+#                                   (skipped when the pinned version is already there; `make test`)
 #   bash scripts/setup.sh system    the Debian packages the HSM, attestation and cluster tests run against
-#                                   (SoftHSM2, swtpm, tpm2-tools; tcpdump, faketime and iptables for the
-#                                   network-namespace cluster); skipped when their commands are there; `make test`
-#   bash scripts/setup.sh azurite   only Azurite (skipped when the pinned version is already there)
+#                                   (SoftHSM2, swtpm, tpm2-tools; iproute2, tcpdump, faketime and iptables for
+#                                   the network-namespace cluster); skipped when their commands are there;
+#                                   `make test`
+#   bash scripts/setup.sh checkov   checkov, in its own virtual environment .venv-checkov (its pinned
+#                                   dependencies conflict with the project's); the deployment tests run it
+#                                   (`make test`)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 AZURITE_DIR=${AZURITE_DIR:-.azurite}
 AZURITE_VERSION=3.35.0  # newer releases need Node >= 21
+CHECKOV_VENV=${CHECKOV_VENV:-.venv-checkov}
+CHECKOV_VERSION=3.3.30
+
+install_checkov() {
+    if [ -x "$CHECKOV_VENV/bin/checkov" ] && "$CHECKOV_VENV/bin/pip" show checkov 2>/dev/null \
+            | grep -x "Version: $CHECKOV_VERSION" >/dev/null; then
+        return 0
+    fi
+    echo "setup: installing checkov $CHECKOV_VERSION into $CHECKOV_VENV"
+    "$PYTHON" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --upgrade pip
+    "$CHECKOV_VENV/bin/python" -m pip install -q "checkov==$CHECKOV_VERSION"
+}
 
 install_azurite() {
     local manifest="$AZURITE_DIR/node_modules/azurite/package.json"
@@ -20,7 +38,7 @@ install_azurite() {
     if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
         echo "setup: error: npm and node are needed to install Azurite $AZURITE_VERSION (the Azure storage" >&2
         echo "setup:        emulator used by tests/test_azure_storage.py); install Node.js 20 with npm" >&2
-        echo "setup:        (e.g. apt-get install nodejs npm) and run 'make setup' again" >&2
+        echo "setup:        (e.g. apt-get install nodejs npm) and run 'make test' again" >&2
         exit 1
     fi
     echo "setup: installing Azurite $AZURITE_VERSION into $AZURITE_DIR"
@@ -51,7 +69,7 @@ install_system_packages() {
     else
         echo "setup: error: the HSM, attestation and cluster tests need the Debian packages: ${missing[*]}" >&2
         echo "setup:        this user is not root and cannot sudo without a password; install them with" >&2
-        echo "setup:        sudo apt-get install ${missing[*]}   and run 'make setup' again" >&2
+        echo "setup:        sudo apt-get install ${missing[*]}   and run 'make test' again" >&2
         exit 1
     fi
 }
@@ -66,6 +84,11 @@ if [ "${1:-}" = "azurite" ]; then
     exit 0
 fi
 
+if [ "${1:-}" = "checkov" ]; then
+    install_checkov
+    exit 0
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -73,4 +96,3 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 echo "setup: installing ppml and its dependencies (first run takes a few minutes)"
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
-install_azurite

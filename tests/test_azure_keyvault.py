@@ -519,8 +519,9 @@ def test_cli_keys_end_to_end(keyvault, azure_identity_env, tmp_path, monkeypatch
     v2 = rotated["key"]["current_version"]
     assert v2 != v1 and len(rotated["key"]["versions"]) == 2
     report = json.loads(cli.run("rewrap", "enc", *kv, "--json").stdout)
-    assert report["files"] == 2
-    assert report["usage"] == {f"azure:https://kv1.vault.azure.net/keys/tpch#v{v2}": 2}
+    assert report["files"] == 3  # two parts and the folder's data-set manifest
+    assert sorted(d["kind"] for d in report["details"])[-1] == "manifest"
+    assert report["usage"] == {f"azure:https://kv1.vault.azure.net/keys/tpch#v{v2}": 3}
 
     cli.run("decrypt", "enc", "out", "--kms", "azure", env=with_vault)
     assert (tmp_path / "out" / "sub" / "b.csv").read_bytes() == (plain / "sub" / "b.csv").read_bytes()

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.xdist_group("spark")
 
 PPML = Path(sys.executable).parent / "ppml"
 PASSPHRASE = "azure-storage-test-passphrase"
+MANIFESTS = "_ppml_manifest"
 MARKER = b"PLAINTEXT-MARKER-7f3a9c"
 PLAIN = {
     "orders.csv": b"id,item\n" + b"".join(b"%d,%s-%d\n" % (i, MARKER, i) for i in range(3000)),
@@ -187,9 +188,10 @@ def test_cli_encrypt_inspect_verify_decrypt_and_rewrap_on_blob(ws, azurite_conta
     assert report["files"] == 3 and report["details"][0]["target"].startswith(f"abfs://{c}/enc/")
     doc(file_run, "encrypt")
     fs = blob_fs(cs)
-    stored = {p: fs.cat_file(p) for p in fs.find(c)}
+    stored = {p: fs.cat_file(p) for p in fs.find(c) if MANIFESTS not in p}
     assert sorted(stored) == [f"{c}/enc/orders.csv.ppml", f"{c}/enc/sub/deeper/big.bin.ppml",
                               f"{c}/enc/sub/notes.txt.ppml", f"{c}/one/orders.csv.ppml"]
+    assert fs.find(f"{c}/enc/{MANIFESTS}") == [f"{c}/enc/{MANIFESTS}/v00000001.json"]  # the folder is a data set
     assert all(data.startswith(_gcm_magic()) and MARKER not in data for data in stored.values())
     # Read back through every URL form; an existing output is refused without --force.
     inspected, verified, decrypted, single, again = ppml_many(
@@ -212,12 +214,14 @@ def test_cli_encrypt_inspect_verify_decrypt_and_rewrap_on_blob(ws, azurite_conta
     # Replacing a tree with --force leaves exactly the new files.
     doc(ppml(ws, "encrypt", root / "plain/sub", f"abfs://{c}/enc", "--data-key", dk, "--force", "--json",
              connection_string=cs), "encrypt")
-    assert sorted(p for p in fs.find(c) if "/enc/" in p) == [f"{c}/enc/deeper/big.bin.ppml", f"{c}/enc/notes.txt.ppml"]
+    assert sorted(p for p in fs.find(c) if "/enc/" in p) == [
+        f"{c}/enc/{MANIFESTS}/v00000001.json", f"{c}/enc/deeper/big.bin.ppml", f"{c}/enc/notes.txt.ppml"]
     # rewrap rewrites the headers of blobs (no in-place writes on Blob: staged, then copied over).
     ws["kms"].rotate_key("default")
     rewrapped = doc(ppml(ws, "rewrap", f"abfs://{c}/enc", "--json", connection_string=cs), "rewrap")
-    assert rewrapped["files"] == 2 and rewrapped["usage"] == {"local:default#v2": 2}
-    assert doc(ppml(ws, "verify", f"abfs://{c}/enc", "--json", connection_string=cs), "verify")["ok"]
+    assert rewrapped["files"] == 3 and rewrapped["usage"] == {"local:default#v2": 3}  # the manifest too
+    checked = doc(ppml(ws, "verify", f"abfs://{c}/enc", "--json", connection_string=cs), "verify")
+    assert checked["ok"] and checked["dataset"]["version"] == 2
     assert not [p for p in fs.find(c, withdirs=True) if "ppml-partial" in p or "ppml-old" in p]
 
 
@@ -236,8 +240,9 @@ def test_cp_up_down_recursive_with_encrypt(ws, azurite_container, azurite_connec
     doc(into, "cp")
     assert no_r.returncode == 2 and "--recursive" in no_r.stderr
     blobs = {p: fs.cat_file(p) for p in fs.find(f"{c}/enc")}
-    assert len(blobs) == 3 and all(b.startswith(_gcm_magic()) and MARKER not in b for b in blobs.values())
-    assert sorted(p.split("/", 2)[1] for p in fs.find(c)) == ["enc"] * 3 + ["plain"] * 3
+    data = [b for p, b in blobs.items() if MANIFESTS not in p]
+    assert len(data) == 3 and all(b.startswith(_gcm_magic()) and MARKER not in b for b in data)
+    assert sorted(p.split("/", 2)[1] for p in fs.find(c)) == ["enc"] * 4 + ["plain"] * 4  # 3 files + manifest
     # Blob to blob (server-side, bytes as they are; a trailing / means "into"), then down to disk.
     server_side, exists = ppml_many(
         ws, ("cp", "-r", f"abfs://{c}/enc", f"az://{c}/copy/", "--json"),
@@ -247,7 +252,7 @@ def test_cp_up_down_recursive_with_encrypt(ws, azurite_container, azurite_connec
     assert {p.replace("/copy/enc/", "/enc/"): fs.cat_file(p) for p in fs.find(f"{c}/copy")} == blobs
     assert exists.returncode == 6 and "already exists" in exists.stderr
     down = doc(ppml(ws, "cp", "-r", f"abfs://{c}/copy/enc", root / "down", "--json", connection_string=cs), "cp")
-    assert down["files"] == 3
+    assert down["files"] == 4  # the data set with its manifest
     assert {f"{c}/enc/{k}": v for k, v in tree(root / "down").items()} == blobs
     # The downloaded ciphertext decrypts; a single file uploads byte for byte.
     decrypted, single = ppml_many(

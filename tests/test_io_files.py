@@ -33,7 +33,9 @@ def new_data_key(kms, name: str = "default"):
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The data files of a tree (its data-set manifests left out)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "_ppml_manifest" not in p.parts}
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -45,28 +45,35 @@ def decrypt_bytes(path: Path, kms: LocalKms) -> bytes:
 
 @pytest.fixture
 def tree_encrypted(tmp_path, tree_kms, tree_plain):
-    """``tmp_path/enc``: the plain tree encrypted under one data key (v1), plus its data-key file inside."""
+    """``tmp_path/tree``: the data set ``enc/`` (the plain tree encrypted under one data key, v1, with its
+    manifest) and its data-key file ``keys/dk.json`` beside it. Returns ``(enc, visible, key, record)``."""
     root, visible = tree_plain
     key, wrapped = tree_kms.generate_data_key("default")
     record = DataKeyFile.new(key.key_id, (wrapped,))
-    enc = tmp_path / "enc"
+    enc = tmp_path / "tree" / "enc"
     files.encrypt(str(root), str(enc), key=key, envelope=record.envelope, segment_size=SEG)
-    record.save(enc / "keys" / "dk.json")
+    record.save(enc.parent / "keys" / "dk.json")
     return enc, visible, key, record
+
+
+# Keyed files of the tree: the data files, the data-key file and the data set's manifest.
+def keyed_count(visible) -> int:
+    return len(visible) + 2
 
 
 def test_rewrap_rewrites_headers_in_place_and_data_key_files(tree_kms, tree_encrypted):
     enc, visible, key, record = tree_encrypted
     data_files = sorted(enc.rglob("*.ppml"))
     before = {p: (p.read_bytes(), header_of(p), os.stat(p).st_ino) for p in data_files}
-    assert dict(rotation.key_usage(rotation.scan(str(enc)))) == {"local:default#v1": len(visible) + 1}
+    assert dict(rotation.key_usage(rotation.scan(str(enc.parent)))) == {"local:default#v1": keyed_count(visible)}
 
     tree_kms.rotate_key("default")
-    report = rotation.rewrap(str(enc), keyring=KeyRing([tree_kms]), backend=tree_kms, key_name="default",
+    report = rotation.rewrap(str(enc.parent), keyring=KeyRing([tree_kms]), backend=tree_kms, key_name="default",
                              workers=2)
 
-    assert {d["status"] for d in report.details} == {"rewrapped"} and report.files == len(visible) + 1
-    assert {d["kind"] for d in report.details} == {"aes_gcm_stream", "data-key"}
+    assert {d["status"] for d in report.details} == {"rewrapped"} and report.files == keyed_count(visible)
+    assert {d["kind"] for d in report.details} == {"aes_gcm_stream", "data-key", "manifest"}
+    assert files.verify(str(enc), keyring=KeyRing([tree_kms])).dataset["version"] == 2  # the manifest moved too
     for path, (old_bytes, old_header, inode) in before.items():
         new_header = header_of(path)
         assert references(path) == ["local:default#v2"]
@@ -76,7 +83,7 @@ def test_rewrap_rewrites_headers_in_place_and_data_key_files(tree_kms, tree_encr
         assert path.read_bytes()[new_header.body_offset:] == old_bytes[old_header.body_offset:]
         assert decrypt_bytes(path, tree_kms) == visible[path.relative_to(enc).as_posix()[: -len(".ppml")]]
 
-    dk_path = enc / "keys" / "dk.json"
+    dk_path = enc.parent / "keys" / "dk.json"
     rewrapped = DataKeyFile.load(dk_path)  # also refuses a file others can read
     assert rewrapped.key_id == record.key_id and rewrapped.created == record.created
     assert [w.reference for w in rewrapped.envelope] == ["local:default#v2"]
@@ -85,7 +92,7 @@ def test_rewrap_rewrites_headers_in_place_and_data_key_files(tree_kms, tree_encr
     clear_cache()
     assert KeyRing([tree_kms]).open_data_key_file(str(dk_path))[1] == key
 
-    assert dict(rotation.key_usage(rotation.scan(str(enc)))) == {"local:default#v2": len(visible) + 1}
+    assert dict(rotation.key_usage(rotation.scan(str(enc.parent)))) == {"local:default#v2": keyed_count(visible)}
     assert leftovers(enc.parent) == []
 
 
@@ -144,20 +151,21 @@ def test_remove_drops_copies(tmp_path, tree_kms, tree_encrypted):
     enc, visible, _, _ = tree_encrypted
     tree_kms.create_key("backup")
     ring = KeyRing([tree_kms])
-    rotation.rewrap(str(enc), keyring=ring, backend=tree_kms, key_name="backup")
+    tree = str(enc.parent)
+    rotation.rewrap(tree, keyring=ring, backend=tree_kms, key_name="backup")
     path = enc / "a" / "mid.txt.ppml"
     assert references(path) == ["local:default#v1", "local:backup#v1"]
-    assert DataKeyFile.load(enc / "keys" / "dk.json").envelope[1].reference == "local:backup#v1"
+    assert DataKeyFile.load(enc.parent / "keys" / "dk.json").envelope[1].reference == "local:backup#v1"
 
     tree_kms.rotate_key("default")
-    rotation.rewrap(str(enc), keyring=ring, backend=tree_kms, key_name="default", remove=["local:backup"])
+    rotation.rewrap(tree, keyring=ring, backend=tree_kms, key_name="default", remove=["local:backup"])
     assert references(path) == ["local:default#v2"]
-    assert [w.reference for w in DataKeyFile.load(enc / "keys" / "dk.json").envelope] == ["local:default#v2"]
+    assert [w.reference for w in DataKeyFile.load(enc.parent / "keys" / "dk.json").envelope] == ["local:default#v2"]
 
-    rotation.rewrap(str(enc), keyring=ring, backend=tree_kms, key_name="backup")
-    rotation.rewrap(str(enc), keyring=ring, backend=tree_kms, key_name="backup", remove=["local:default#v2"])
+    rotation.rewrap(tree, keyring=ring, backend=tree_kms, key_name="backup")
+    rotation.rewrap(tree, keyring=ring, backend=tree_kms, key_name="backup", remove=["local:default#v2"])
     assert references(path) == ["local:backup#v1"]
-    assert dict(rotation.key_usage(rotation.scan(str(enc)))) == {"local:backup#v1": len(visible) + 1}
+    assert dict(rotation.key_usage(rotation.scan(tree))) == {"local:backup#v1": keyed_count(visible)}
     assert decrypt_bytes(path, tree_kms) == visible["a/mid.txt"]
 
 
@@ -165,27 +173,49 @@ def test_rewrap_reports_files_it_cannot_open_and_rewraps_the_rest(tmp_path, tree
     enc, visible, _, _ = tree_encrypted
     foreign = make_keystore(tmp_path / "other.json", "pw", "default")
     key, wrapped = foreign.generate_data_key("default")
-    files.encrypt(str(enc.parent / "plain" / "top.csv"), str(enc / "foreign.ppml"), key=key, envelope=(wrapped,))
+    files.encrypt(str(tmp_path / "plain" / "top.csv"), str(enc.parent / "foreign.ppml"), key=key, envelope=(wrapped,))
     tree_kms.rotate_key("default")
     clear_cache()
 
-    report = rotation.rewrap(str(enc), keyring=KeyRing([tree_kms]), backend=tree_kms, key_name="default")
+    report = rotation.rewrap(str(enc.parent), keyring=KeyRing([tree_kms]), backend=tree_kms, key_name="default")
     status = {Path(d["path"]).name: d for d in report.details}
     assert status["foreign.ppml"]["status"] == "failed"
     assert status["foreign.ppml"]["error"]["code"] == "key-access"
-    assert report.files == len(visible) + 1
-    assert references(enc / "foreign.ppml") == ["local:default#v1"]  # untouched
+    assert report.files == keyed_count(visible)
+    assert references(enc.parent / "foreign.ppml") == ["local:default#v1"]  # untouched
+
+
+def test_rotation_leaves_a_changed_data_set_alone(tmp_path, tree_kms, tree_encrypted):
+    """A file slipped into a data set (even one the key store can open) makes rewrap and rekey refuse it whole:
+    rotation must never write a manifest that vouches for the intruder."""
+    enc, visible, key, record = tree_encrypted
+    files.encrypt(str(tmp_path / "plain" / "top.csv"), str(enc / "intruder.ppml"), key=key, envelope=record.envelope)
+    before = {p: p.read_bytes() for p in enc.rglob("*") if p.is_file()}
+    tree_kms.rotate_key("default")
+    ring = KeyRing([tree_kms])
+
+    rewrapped = rotation.rewrap(str(enc), keyring=ring, backend=tree_kms, key_name="default")
+    new_key, wrapped = tree_kms.generate_data_key("default")
+    rekeyed = rotation.rekey(str(enc), keyring=ring, key=new_key, envelope=(wrapped,))
+    for report in (rewrapped, rekeyed):
+        assert report.files == 0 and {d["status"] for d in report.details} == {"failed"}
+        assert {d["error"]["code"] for d in report.details} == {"integrity"}
+        assert "intruder.ppml" in report.details[0]["error"]["message"]
+    assert {p: p.read_bytes() for p in enc.rglob("*") if p.is_file()} == before
 
 
 def test_rekey_encrypts_again_under_a_new_data_key(tmp_path, tree_kms, tree_encrypted):
     enc, visible, old_key, record = tree_encrypted
     new_key, wrapped = tree_kms.generate_data_key("default")
     ids = {p: header_of(p).file_id for p in enc.rglob("*.ppml")}
-    dk_before = (enc / "keys" / "dk.json").read_bytes()
+    dk_before = (enc.parent / "keys" / "dk.json").read_bytes()
 
-    report = rotation.rekey(str(enc), keyring=KeyRing([tree_kms]), key=new_key, envelope=(wrapped,), workers=2)
+    report = rotation.rekey(str(enc.parent), keyring=KeyRing([tree_kms]), key=new_key, envelope=(wrapped,),
+                            workers=2)
     assert report.files == len(visible) and report.bytes == sum(map(len, visible.values()))
-    assert (enc / "keys" / "dk.json").read_bytes() == dk_before  # data-key files are not data
+    assert (enc.parent / "keys" / "dk.json").read_bytes() == dk_before  # data-key files are not data
+    checked = files.verify(str(enc), key=new_key)  # a new manifest version, under the new data key
+    assert checked.dataset["version"] == 2 and not checked.failures
     for path, file_id in ids.items():
         assert header_of(path).file_id != file_id
         assert header_of(path).segment_size == SEG

@@ -101,6 +101,72 @@ def test_encrypted_read_equals_spark_plaintext_read(ctx, encrypted_table, tmp_pa
     assert ours.count() == 120_000
 
 
+def _encrypt_file(spark_keys, plain, target, rows):
+    from ppml.keys.datakey_file import DataKeyFile
+
+    _write_csv(plain, rows)
+    envelope = DataKeyFile.load(spark_keys["data_key"]).envelope
+    files.encrypt(str(plain), str(target), key=spark_keys["key"], envelope=envelope, segment_size=64 * 1024, force=True)
+
+
+def test_planning_reads_each_version_of_a_header_once(spark_keys, tmp_path):
+    from ppml.spark.splits import _header, plan_splits
+
+    target = tmp_path / "enc" / "t.csv.ppml"
+    _encrypt_file(spark_keys, tmp_path / "t.csv", target, _rows(60_000))
+    def plan():
+        return [(s.url, s.start, s.end) for s in plan_splits((str(tmp_path / "enc"),), "aes_gcm_stream", 1 << 20)]
+
+    first = plan()
+    read = _header.cache_info().misses
+    assert plan() == first and _header.cache_info().misses == read  # unchanged: planned from the cache
+    _encrypt_file(spark_keys, tmp_path / "t.csv", target, _rows(20_000))
+    second = plan()
+    assert _header.cache_info().misses == read + 1 and len(second) < len(first)
+    _header.cache_clear()
+    assert plan() == second  # what planning from scratch gives
+
+
+def test_a_file_rewritten_between_queries_is_read_whole(ctx, spark_keys, tmp_path):
+    """Spark plans each scan in a reused Python worker; a plan cached for the old file would cut the new one."""
+    target = tmp_path / "enc" / "t.csv.ppml"
+    read = lambda: ctx.read().option("header", True).schema(SCHEMA).csv(str(tmp_path / "enc")).count()  # noqa: E731
+    _encrypt_file(spark_keys, tmp_path / "t.csv", target, _rows(1_000))
+    assert read() == 1_000 and read() == 1_000
+    _encrypt_file(spark_keys, tmp_path / "t.csv", target, _rows(50_000))
+    assert read() == 50_000
+
+
+def test_reads_are_cut_and_broadcast_by_size_as_spark_does_its_own_files(ctx, encrypted_table, tmp_path):
+    from ppml.spark.sizing import split_size
+
+    enc, rows = encrypted_table
+    spark = ctx.spark
+    sizes = sorted(p.stat().st_size for p in enc.iterdir() if not p.name.startswith("_"))  # not the manifest
+    spark.conf.set("spark.sql.files.openCostInBytes", "1MB")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")  # the joins as planned, not as re-planned on the way
+    try:
+        # local[2]: (the files' bytes + 1 MiB per file) over 2 cores; the 4.6 MB file takes 2 tasks.
+        assert split_size(spark, sizes) == (sum(sizes) + 2 * (1 << 20)) // 2
+        df = ctx.read().option("header", True).schema(SCHEMA).csv(str(enc))
+        assert df.rdd.getNumPartitions() == 3 and df.count() == len(rows)
+        explicit = ctx.read().option("header", True).option("SPLITSIZE", 8 << 20).schema(SCHEMA).csv(str(enc))
+        assert explicit.rdd.getNumPartitions() == 2
+
+        def join_plan():
+            left = ctx.read().option("header", True).schema(SCHEMA).columns("id", "price").csv(str(enc))
+            right = ctx.read().option("header", True).schema(SCHEMA).columns("id", "name").csv(str(enc))
+            return left.join(right, "id")._jdf.queryExecution().executedPlan().toString()
+
+        assert "BroadcastHashJoin" in join_plan()  # about 5 MB, at most 3/4 of the row width read
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "1MB")
+        assert "SortMergeJoin" in join_plan()
+    finally:
+        for setting in ("spark.sql.files.openCostInBytes", "spark.sql.adaptive.enabled",
+                        "spark.sql.autoBroadcastJoinThreshold"):
+            spark.conf.unset(setting)
+
+
 def test_format_ppml_for_plain_spark_users(ctx, encrypted_table, spark_keys):
     enc, rows = encrypted_table
     df = (ctx.spark.read.format("ppml").option("header", "true").option("keystore", spark_keys["keystore"])
@@ -247,12 +313,17 @@ def test_wrong_key_store_fails_with_a_clear_error(ctx, encrypted_table, tmp_path
     enc, _ = encrypted_table
     from keystores import make_keystore
 
+    from ppml.errors import KeyAccessError
+
     make_keystore(tmp_path / "other.json", "spark-test-passphrase", "default")
     stranger = PPMLContext(ctx.spark, keys=ctx.keys.replace(keystore=str(tmp_path / "other.json")))
-    with pytest.raises(PySparkException) as info:
-        stranger.read().option("header", True).schema(SCHEMA).csv(str(enc)).count()
-    text = str(info.value)
-    assert "cannot unwrap the data key" in text and re.search(r"enc/t[12]\.csv\.ppml", text)
+    # The driver checks the data set's manifest when the read is defined: the first thing read with the key.
+    with pytest.raises(KeyAccessError, match=r"cannot unwrap the data key of .*enc/_ppml_manifest/v00000001.json"):
+        stranger.read().option("header", True).schema(SCHEMA).csv(str(enc))
+    # Spark's own reader, without the driver's check, fails in planning the same way.
+    with pytest.raises(PySparkException, match="cannot unwrap the data key"):
+        (ctx.spark.read.format("ppml").options(**stranger.keys.to_options()).option("header", True)
+         .schema(SCHEMA).load(str(enc)).count())
 
 
 def test_no_key_material_in_spark_conf_or_plans(ctx, encrypted_table, spark_keys):
@@ -269,19 +340,100 @@ def test_no_key_material_in_spark_conf_or_plans(ctx, encrypted_table, spark_keys
 
 def test_turning_protections_off_warns():
     from ppml.errors import PpmlInsecureWarning
-    from ppml.spark.context import _warn_insecure
+    from ppml.spark.session import warn_insecure
 
     with pytest.warns(PpmlInsecureWarning, match="spark.io.encryption.enabled"):
-        _warn_insecure({"spark.io.encryption.enabled": "false"}, "local[2]")
+        warn_insecure({"spark.io.encryption.enabled": "false"}, "local[2]")
     with pytest.warns(PpmlInsecureWarning, match="spark.network.crypto.cipher"):
-        _warn_insecure({"spark.network.crypto.cipher": "AES/CTR/NoPadding"}, "spark://127.0.0.1:7077")
+        warn_insecure({"spark.network.crypto.cipher": "AES/CTR/NoPadding"}, "spark://127.0.0.1:7077")
     with pytest.warns(PpmlInsecureWarning, match="spark.authenticate"):
-        _warn_insecure({"spark.authenticate": "false"}, "k8s://https://api:6443")
+        warn_insecure({"spark.authenticate": "false"}, "k8s://https://api:6443")
+    with pytest.warns(PpmlInsecureWarning, match="spark.network.crypto.enabled is off"):
+        warn_insecure({"spark.network.crypto.enabled": "false"}, "spark://127.0.0.1:7077")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_insecure({}, "local[2]")  # the defaults are secure: no warning
+        warn_insecure({}, "local[2]")  # the defaults are secure: no warning
+        warn_insecure({"spark.network.crypto.enabled": "false"}, "local[2]")  # no wire to protect in one JVM
+
+
+def test_rpc_is_protected_on_every_master_that_spark_can_give_a_secret():
+    from ppml.spark.session import RPC_DEFAULTS, added_settings
+
+    for master in ("local", "local[2]", "local[*]", "local[*, 3]", "spark://127.0.0.1:7077", "yarn",
+                   "k8s://https://api:6443"):
+        assert RPC_DEFAULTS.items() <= added_settings({"spark.master": master}).items(), master
+    # Executor JVMs on loopback need a shared secret Spark does not make up: left as the user set them.
+    assert "spark.authenticate" not in added_settings({"spark.master": "local-cluster[2,1,1024]"})
+    assert "spark.network.crypto.enabled" not in added_settings({"spark.master": "spark://h:7077",
+                                                                 "spark.network.crypto.enabled": "false"})
+
+
+_SESSION_MASTER = """
+import json, os, sys
+from pyspark import SparkContext
+from ppml.spark.session import session_master
+found = [session_master({"spark.master": "spark://given:7077"}), session_master({})]
+os.environ["MASTER"] = "yarn"
+found.append(session_master({}))
+os.environ["SPARK_CONF_DIR"] = sys.argv[1]
+found.append(session_master({}))
+os.environ["PYSPARK_SUBMIT_ARGS"] = "--name x --master spark://submit:7077 pyspark-shell"
+found.append(session_master({}))
+print(json.dumps({"masters": found, "jvm": SparkContext._gateway is not None}))
+"""
+
+
+def test_the_master_is_found_as_pyspark_finds_it_without_starting_a_jvm(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "spark-defaults.conf").write_text("# comment\nspark.master    spark://defaults:7077\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER", "SPARK_CONF_DIR", "PYSPARK_SUBMIT_ARGS",
+                                                             "PYSPARK_GATEWAY_PORT")}
+    out = subprocess.run([sys.executable, "-c", _SESSION_MASTER, str(tmp_path)], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert json.loads(out) == {"masters": ["spark://given:7077", "local[*]", "yarn", "spark://defaults:7077",
+                                           "spark://submit:7077"], "jvm": False}
+
+
+_TWO_SESSIONS = """
+import sys
+from pyspark.sql import SparkSession
+from ppml.spark import secure_session
+
+def builder():
+    return SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+
+spark = secure_session(builder())
+conf = dict(spark.sparkContext.getConf().getAll())
+print(conf.get("spark.authenticate"), conf.get("spark.network.crypto.enabled"), "spark.authenticate.secret" in conf)
+print(spark.range(10).count())
+spark.stop()
+print("SECOND SESSION", file=sys.stderr, flush=True)
+spark = secure_session(builder().config("spark.network.crypto.enabled", "false"))
+spark.stop()
+"""
+
+
+def test_a_local_session_logs_no_false_alarm_and_keeps_the_true_one(tmp_path):
+    """In one JVM nothing crosses a wire: Spark's "keys will be visible on the wire" would be false. With
+    RPC encryption switched off Spark still says so, and ppml's logging configuration lets it through."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_CONF_DIR", "PYSPARK_SUBMIT_ARGS",
+                                                             "PYSPARK_GATEWAY_PORT")}
+    done = subprocess.run([sys.executable, "-c", _TWO_SESSIONS], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["true", "true", "False", "10"]  # Spark made up the secret; it is in no conf
+    first, _, second = done.stderr.partition("SECOND SESSION")
+    alarm = "I/O encryption enabled without RPC encryption"
+    assert alarm not in first and alarm in second
+    for noise in ("NativeCodeLoader", "Using Spark's default log4j profile", "Setting default log level"):
+        assert noise not in done.stderr
 
 
 def test_key_service_options_reach_executors_as_settings_without_secrets():

@@ -38,6 +38,7 @@ __all__ = [
     "EXIT_CODES",
     "exit_code_of",
     "PpmlInsecureWarning",
+    "UnprotectedDataWarning",
 ]
 
 
@@ -155,3 +156,9 @@ class PpmlInsecureWarning(UserWarning):
 
     Emitted every time such a setting is used; the command line shows these warnings.
     """
+
+
+class UnprotectedDataWarning(UserWarning):
+    """Data is read without a protection ppml could give it: a folder of encrypted files without a data-set
+    manifest (files deleted, added or replaced cannot be detected), or a BigDL file (its header is not
+    authenticated). The command line shows these warnings."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ppml.cli._common import ForceOpt, JsonOpt, WorkersOpt, byte_progress, emit_json, err, exit_for_failures
 from ppml.cli.options import KeyNameOpt, key_options, passphrase_prompt
@@ -28,6 +29,9 @@ SegmentOpt = Annotated[Optional[str], typer.Option(
     + " [default: the 1 MB one].")]
 DataKeyOpt = Annotated[Optional[Path], typer.Option(
     "--data-key", metavar="FILE", help="Data-key file (from 'ppml keys data-key').")]
+MinVersionOpt = Annotated[Optional[int], typer.Option(
+    "--min-version", metavar="N", min=1,
+    help="Refuse a data set older than version N (a rollback); N from a trusted record.")]
 
 STDIO = "-"
 
@@ -108,14 +112,16 @@ def register(app: typer.Typer) -> None:
         keys: KeySettings,
         data_key: DataKeyOpt = None,
         mode: ModeOpt = None,
+        min_version: MinVersionOpt = None,
         force: ForceOpt = False,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Decrypt a file or folder. Each file's header names its key and mode.
 
-        Without --data-key the key is unwrapped from each file's header through the key options. Every byte
-        is authenticated before it is written; a failed run leaves no output file. To standard output (-)
+        Without --data-key the key is unwrapped from each file's header through the key options. A folder
+        is first checked against its data-set manifest (no file missing, added or replaced); every byte is
+        authenticated before it is written; a failed run leaves no output file. To standard output (-)
         the plaintext streams out segment by segment.
 
         **Examples**
@@ -139,7 +145,7 @@ def register(app: typer.Typer) -> None:
                                               progress=advance)
             else:
                 report = files.decrypt(src, dst, keyring=ring, key=key, mode=mode, force=force, workers=workers,
-                                       progress=advance)
+                                       progress=advance, min_version=min_version)
         if as_json:
             emit_json("decrypt", report.to_json())
         else:
@@ -177,24 +183,37 @@ def register(app: typer.Typer) -> None:
         keys: KeySettings,
         data_key: DataKeyOpt = None,
         mode: ModeOpt = None,
+        min_version: MinVersionOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Authenticate every segment of a file or of every file in a folder (exit 4 if any fails).
+        """Authenticate a folder's data-set manifest and every segment of every file (exit 4 if any fails).
 
-        **Example**: `ppml verify ./tpch-enc`
+        Reports the data set's id and version; a folder without a manifest is checked file by file, with a
+        warning that files deleted, added or replaced cannot be detected.
+
+        **Examples**
+
+        * `ppml verify ./tpch-enc`
+        * `ppml verify ./results/Q01 --min-version 3 --json`
         """
         ring = keys.keyring(prompt=passphrase_prompt())
         key = ring.open_data_key_file(str(data_key))[1] if data_key else None
         with byte_progress("verifying", _total(path)) as advance:
-            report = files.verify(path, keyring=ring, key=key, mode=mode, workers=workers, progress=advance)
+            report = files.verify(path, keyring=ring, key=key, mode=mode, workers=workers, progress=advance,
+                                  min_version=min_version)
         bad = [d for d in report.details if not d["ok"]]
         if as_json:
             emit_json("verify", {**report.to_json(), "ok": not bad})
         else:
             for entry in bad:
-                err.print(f"[red]FAILED[/] {entry['path']}: {entry['error']['message']}")
-            err.print(f"{report.files - len(bad)} of {report.files} file(s) verified.")
+                err.print(f"[red]FAILED[/] {escape(str(entry['path']))}: {escape(str(entry['error']['message']))}")
+            files_checked = [d for d in report.details if d.get("kind") != "data set"]
+            err.print(f"{len(files_checked) - len([d for d in bad if d.get('kind') != 'data set'])} of "
+                      f"{len(files_checked)} file(s) verified.")
+            if report.dataset:
+                err.print(f"Data set {report.dataset['id']}, version {report.dataset['version']}: "
+                          f"{report.dataset['members']} member(s) as recorded.")
         exit_for_failures(report.details)
 
     @app.command()

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ppml.cli._common import JsonOpt, demo_keys, emit_json, err
+from ppml.errors import IntegrityError
 from ppml.io import files, rotation
 from ppml.io.storage import locate
 
@@ -115,4 +116,4 @@ def demo(
         err.print(f"[bold {'green' if ok else 'red'}]{'Round trip proven' if ok else 'Round trip FAILED'}[/] "
                   f"in {total:.1f} s. Everything is in {directory}.")
     if not ok:
-        raise typer.Exit(4)
+        raise typer.Exit(IntegrityError.exit_code)

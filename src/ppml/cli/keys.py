@@ -115,6 +115,41 @@ def data_key(
     err.print(f"Wrote data key {key.key_id} to {out} (mode 0600), wrapped by {wrapped.reference}.")
 
 
+@app.command("signing-key")
+@key_options
+def signing_key(
+    keys: KeySettings,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE",
+                                      help="Signing-key file to create (mode 0600); the public key goes beside it.")],
+    key_name: KeyNameOpt = DEFAULT_KEY_NAME,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key that signs provenance records, and publish its public key.
+
+    The file holds the key only wrapped by a primary key, like a data-key file; give it to jobs
+    (`PPMLContext(signing_key=...)`, `ppml tpch run --signing-key`). A key broker whose policy governs its
+    primary key releases it only to attested workloads, so a valid signature proves the job ran in one.
+    The public key (`FILE` with `.pub.pem`) verifies records: `ppml provenance verify RESULT --signer ...`.
+
+    **Example**: `ppml keys signing-key --key-name signer --out signer.json`
+    """
+    from ppml.io.provenance import public_key_pem
+    from ppml.keys import secure_files
+
+    key, wrapped = keys.primary(prompt=passphrase_prompt()).generate_data_key(key_name)
+    DataKeyFile.new(key.key_id, (wrapped,)).save(out, replace=force)
+    public = out.with_name(out.stem + ".pub.pem")
+    secure_files.write_private(public, public_key_pem(key), replace=force)
+    public.chmod(0o644)  # a public key: readable by whoever verifies
+    if as_json:
+        emit_json("keys.signing-key", {"path": str(out), "public_key": str(public), "key_id": key.key_id,
+                                       "wrapped_by": wrapped.reference})
+        return
+    err.print(f"Wrote signing key {key.key_id} to {out} (mode 0600), wrapped by {wrapped.reference}; its public "
+              f"key to {public}.")
+
+
 @app.command()
 @key_options
 def rotate(

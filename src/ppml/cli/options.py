@@ -17,7 +17,7 @@ import typer
 
 from ppml.keys.settings import KeySettings
 
-__all__ = ["key_options", "verifier_options", "VerifierChoice", "KeyNameOpt", "KeystoreOpt", "VaultOpt", "ClientIdOpt",
+__all__ = ["key_options", "key_arguments", "kubernetes_options", "KubernetesTarget", "verifier_options", "VerifierChoice", "KeyNameOpt", "KeystoreOpt", "VaultOpt", "ClientIdOpt",
            "passphrase_prompt"]
 
 KeyNameOpt = Annotated[str, typer.Option("--key-name", metavar="NAME", help="Primary key name.")]
@@ -90,6 +90,63 @@ def _key_settings(*, kms, keystore, passphrase_file, vault, client_id, token, bi
 
 #: Adds the key options to a command, which receives them as ``keys: KeySettings``.
 key_options = _option_group("keys", _KEY_OPTIONS, _key_settings)
+
+
+def key_arguments(keys: KeySettings) -> list[str]:
+    """The key options that rebuild ``keys`` in another ppml process (a Spark driver in a pod)."""
+    from ppml.errors import UsageError
+
+    if keys.passphrase and not keys.passphrase.startswith("file:"):
+        raise UsageError("a passphrase from standard input cannot reach a driver on the cluster",
+                         hint="give --passphrase-file PATH (a path inside the pod), or set "
+                              "PPML_KEYSTORE_PASSWORD_SOURCE in the deployment's pods")
+    flags = {"kms": None if keys.kms == "local" else keys.kms, "keystore": keys.keystore,
+             "passphrase-file": keys.passphrase[len("file:"):] if keys.passphrase else None,
+             "vault": keys.azure_vault, "client-id": keys.azure_client_id, "token": keys.pkcs11_token,
+             "bigdl-kms": keys.bigdl_kms, "bigdl-key": keys.bigdl_primary_key}
+    arguments = [item for name, value in flags.items() if value for item in (f"--{name}", str(value))]
+    return arguments + (["--insecure-simple-kms"] if keys.insecure_allow_simple_kms else [])
+
+
+# -- Kubernetes targets ----------------------------------------------------------------------------------
+
+_K8S = "Kubernetes"
+_KUBERNETES_OPTIONS: dict[str, Any] = {
+    "deployment": (Annotated[Optional[Path], typer.Option(
+        "--deployment", metavar="DIR", envvar="PPML_DEPLOYMENT", rich_help_panel=_K8S,
+        help="Folder written by 'ppml deploy render' (for k8s:// masters).")], None),
+    "k8s_ca_cert": (Annotated[Optional[Path], typer.Option(
+        "--k8s-ca-cert", metavar="FILE", rich_help_panel=_K8S,
+        help="CA of the API server [default: from the kubeconfig].")], None),
+    "k8s_token_file": (Annotated[Optional[Path], typer.Option(
+        "--k8s-token-file", metavar="FILE", rich_help_panel=_K8S,
+        help="Bearer token file (0600) for the API server [default: the kubeconfig].")], None),
+    "dry_run": (Annotated[bool, typer.Option(
+        "--dry-run", rich_help_panel=_K8S,
+        help="Print the spark-submit command and every object it would create; run nothing.")], False),
+}
+
+
+class KubernetesTarget:
+    """The Kubernetes options as given: the rendered deployment, API credentials, dry run."""
+
+    def __init__(self, *, deployment, k8s_ca_cert, k8s_token_file, dry_run) -> None:
+        self.deployment = deployment
+        self.k8s_ca_cert = str(k8s_ca_cert) if k8s_ca_cert else None
+        self.k8s_token_file = str(k8s_token_file) if k8s_token_file else None
+        self.dry_run = dry_run
+
+    def loaded(self):
+        """``(folder, deployment.json)`` of ``--deployment``, or ``None``."""
+        if self.deployment is None:
+            return None
+        from ppml.deploy.render import load_deployment
+
+        return load_deployment(self.deployment)
+
+
+#: Adds the Kubernetes options to a command, which receives them as ``kube: KubernetesTarget``.
+kubernetes_options = _option_group("kube", _KUBERNETES_OPTIONS, KubernetesTarget)
 #: Single key options, for commands that take only one of them.
 KeystoreOpt = _KEY_OPTIONS["keystore"][0]
 VaultOpt = _KEY_OPTIONS["vault"][0]

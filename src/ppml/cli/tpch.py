@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ppml.cli._common import ForceOpt, JsonOpt, byte_progress, demo_keys, emit_json, err
 from ppml.cli.data import ModeOpt, SegmentOpt
-from ppml.cli.options import key_options, passphrase_prompt
+from ppml.cli.options import KubernetesTarget, key_arguments, key_options, kubernetes_options, passphrase_prompt
 from ppml.crypto.formats import DEFAULT_FORMAT, PLAINTEXT
 from ppml.errors import IntegrityError, UsageError
 from ppml.keys.local import PASSWORD_ENV
@@ -37,7 +37,10 @@ def _session(master: str, conf: list[str] | None, app_name: str, auth_secret_fil
 
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # nothing leaves the machine in local mode
-    builder = SparkSession.builder.master(master).appName(app_name)
+    builder = SparkSession.builder.appName(app_name)
+    # Under spark-submit (ppml submit) the JVM already holds the master and the job's settings: keep them.
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        builder = builder.master(master)
     settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.shuffle.partitions": "8"}
     if master.startswith("local"):
         settings["spark.driver.memory"] = "4g"
@@ -161,12 +164,14 @@ def _report_mismatches(runs) -> None:
 
 @app.command()
 @key_options
+@kubernetes_options
 def run(
     input_dir: Annotated[str, typer.Argument(help="Folder with <table>.tbl* files.")],
     output_dir: Annotated[str, typer.Argument(help="Folder for Q01..Q22 and TIMES.txt.")],
     input_mode: Annotated[str, typer.Argument(help="Crypto mode of the input.")],
     output_mode: Annotated[str, typer.Argument(help="Crypto mode of the results.")],
     keys: KeySettings,
+    kube: KubernetesTarget,
     queries: Annotated[Optional[list[str]], typer.Argument(help="Query numbers (default: all 22).")] = None,
     data_key: Annotated[Optional[Path], typer.Option("--data-key", metavar="FILE",
                                                      help="Data-key file for encrypted results.")] = None,
@@ -189,16 +194,26 @@ def run(
 
     * `ppml tpch run tpch/enc out aes_gcm_stream aes_gcm_stream --data-key dk.json --check`
     * `ppml tpch run tpch/plain out plain_text plain_text 1 6`
+    * `ppml tpch run abfs://data/tpch abfs://data/out aes_gcm_stream aes_gcm_stream --data-key
+      /etc/ppml/data-keys/dk.json --master k8s://https://aks-api:443 --deployment deploy/` (through ppml submit,
+      in cluster mode: paths are the driver pod's)
     """
     from ppml.crypto.formats import get_format
     from ppml.tpch.gen import read_scale
-    from ppml.tpch.runner import ppml_tables, run_queries, warm_up
+    from ppml.tpch.runner import Variant, ppml_tables, run_side_by_side, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
     input_mode, output_mode = get_format(input_mode).name, get_format(output_mode).name
     if get_format(output_mode).encrypted and data_key is None:
         raise UsageError(f"output mode {output_mode} needs --data-key FILE")
+    if master.startswith("k8s://"):
+        args = [input_dir, output_dir, input_mode, output_mode, *(queries or [])]
+        for flag, value in (("--data-key", data_key), ("--plaintext", plaintext), ("--scale", scale)):
+            args += [flag, str(value)] if value is not None else []
+        args += [flag for flag, on in (("--check", check), ("--no-prune", no_prune), ("--json", as_json)) if on]
+        _submit_to_kubernetes(master, [*args, *key_arguments(keys)], conf, kube)
+        return
     if scale is None:
         scale = read_scale(plaintext or input_dir) if plaintext or "://" not in input_dir else None
     if master.startswith("local"):
@@ -207,11 +222,12 @@ def run(
     try:
         ctx = _context(spark, data_key=data_key, keys=keys)
         oracle = _oracle_for(input_dir, input_mode, keys.keyring(), plaintext, scale) if check else None
-        tables = ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune)
-        with err.status("running") as status:
-            warm_up(tables)
-            runs = run_queries(ctx, tables, output_dir, output_mode, numbers, oracle=oracle,
-                               progress=lambda label: status.update(f"running {label}"))
+        variant = Variant(ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune), output_dir,
+                          output_mode, oracle=oracle)
+        with err.status("warming up") as status:
+            warm_up(ctx, variant)
+            [runs] = run_side_by_side(ctx, [variant], numbers,
+                                      progress=lambda label: status.update(f"running {label}"))
     finally:
         spark.stop()
     if as_json:
@@ -219,6 +235,16 @@ def run(
     else:
         _print_runs(runs)
     _report_mismatches(runs)
+
+
+def _submit_to_kubernetes(master: str, args: list[str], conf: list[str] | None, kube: KubernetesTarget) -> None:
+    """The run as a Spark application on Kubernetes, through ppml submit (cluster mode: the driver is a pod)."""
+    from ppml.cli.submit import run_request, submit_request
+    from ppml.deploy.submit import PPML_APP
+
+    request = submit_request(master, PPML_APP, ["tpch", "run", *args], keys=KeySettings(), kube=kube,
+                             deploy_mode="cluster", name="ppml-tpch", conf=tuple(conf or ()))
+    run_request(request, dry_run=kube.dry_run, as_json=False)
 
 
 def _export_passphrase(keys: KeySettings) -> None:
@@ -250,7 +276,7 @@ def demo(
     from ppml.io.encryption import Encryption
     from ppml.tpch.gen import generate
     from ppml.tpch.oracle import Oracle
-    from ppml.tpch.runner import encrypt_tables, ppml_tables, run_queries, spark_csv_tables, warm_up
+    from ppml.tpch.runner import Variant, encrypt_tables, ppml_tables, run_side_by_side, spark_csv_tables, warm_up
     from ppml.tpch.spec import parse_query_numbers
 
     numbers = parse_query_numbers(queries)
@@ -278,22 +304,17 @@ def demo(
     spark = _session(master, None, "ppml-tpch-demo")
     try:
         ctx = _context(spark, data_key=key_file, keys=keys)
-        oracle = Oracle(work / "plain")
+        variants = [
+            Variant(ppml_tables(ctx, str(encrypted), DEFAULT_FORMAT, scale=scale), str(work / "results-encrypted"),
+                    DEFAULT_FORMAT, oracle=Oracle(work / "plain"), label="encrypted input, encrypted output:"),
+            Variant(spark_csv_tables(spark, work / "plain", scale=scale), str(work / "results-plaintext"),
+                    PLAINTEXT, spark_writer=True, label="plaintext with Spark's CSV reader:"),
+        ]
         started = time.perf_counter()
         with err.status("warming up") as status:
-            def progress(prefix):
-                return lambda label: status.update(f"{prefix} {label}")
-
-            encrypted_tables = ppml_tables(ctx, str(encrypted), DEFAULT_FORMAT, scale=scale)
-            plain_tables = spark_csv_tables(spark, work / "plain", scale=scale)
-            warm_up(encrypted_tables)
-            warm_up(plain_tables)
-            encrypted_runs = run_queries(ctx, encrypted_tables,
-                                         str(work / "results-encrypted"), DEFAULT_FORMAT, numbers, oracle=oracle,
-                                         progress=progress("encrypted input, encrypted output:"))
-            plain_runs = run_queries(ctx, plain_tables,
-                                     str(work / "results-plaintext"), PLAINTEXT, numbers, spark_writer=True,
-                                     progress=progress("plaintext with Spark's CSV reader:"))
+            warm_up(ctx, *variants)
+            encrypted_runs, plain_runs = run_side_by_side(ctx, variants, numbers,
+                                                          progress=lambda label: status.update(f"running {label}"))
         elapsed = time.perf_counter() - started
     finally:
         spark.stop()

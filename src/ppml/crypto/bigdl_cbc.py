@@ -19,11 +19,15 @@ shorter. A 16-digit SimpleKMS data key therefore encrypts with the all-zero AES 
 What the format protects, and what it does not
 ----------------------------------------------
 The HMAC covers the ciphertext, so any change to the body or tag is detected before a byte of plaintext is
-returned. The header (including the encrypted data key) is *not* authenticated, and the HMAC key and the
-AES key are independent halves of the secret: a wrong data key whose first 16 bytes happen to be right
-passes the HMAC and is caught only by the padding check (about 255 times in 256). BigDL files are not
-splittable. ppml writes this format only when it is asked for by name; its own default is
-``aes_gcm_stream``.
+returned. The header is *not* authenticated, and that includes the IV: in CBC the first plaintext block is
+the decrypted first ciphertext block XOR the IV, so whoever can write the file can flip any bit of its
+first 16 plaintext bytes by flipping the same bit of the IV, undetected (a row's first 16 bytes: an id, a
+name, an amount). Readers warn about it every time (:class:`~ppml.errors.UnprotectedDataWarning`); files
+that must be trusted are re-encrypted into ``aes_gcm_stream``. The encrypted data key in the header is not
+authenticated either, and the HMAC key and the AES key are independent halves of the secret: a wrong data
+key whose first 16 bytes happen to be right passes the HMAC and is caught only by the padding check (about
+255 times in 256). BigDL files are not splittable. ppml writes this format only when it is asked for by
+name; its own default is ``aes_gcm_stream``.
 
 The ``.meta`` sidecar
 ---------------------

@@ -7,6 +7,7 @@ authenticated, so it cannot be re-wrapped in place (see the codec's module docst
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -25,8 +26,14 @@ from ppml.crypto.bigdl_cbc import (
 from ppml.crypto.datakey import DataKey
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileFormat, FileInfo
+from ppml.errors import UnprotectedDataWarning
 
 __all__ = ["BigdlCbcFormat"]
+
+# One message for every file, so that a folder of them warns once per process, not once per file.
+_IV_NOT_AUTHENTICATED = ("BigDL aes/cbc/pkcs5padding files do not authenticate their IV: whoever can write them can "
+                         "change the first 16 bytes of their plaintext undetected; re-encrypt data you must trust "
+                         "into aes_gcm_stream")
 
 
 class BigdlCbcFormat(FileFormat):
@@ -44,6 +51,10 @@ class BigdlCbcFormat(FileFormat):
         raw.seek(0)
         header = read_header(raw, name=name)
         size = raw.seek(0, io.SEEK_END)
+        mac = b""
+        if size >= HEADER_SIZE + MAC_SIZE:
+            raw.seek(size - MAC_SIZE)
+            mac = raw.read(MAC_SIZE)
         envelope = (WrappedKey(BIGDL_KMS, "", "", header.encrypted_data_key),) if header.encrypted_data_key else ()
         return FileInfo(
             self.name,
@@ -55,6 +66,7 @@ class BigdlCbcFormat(FileFormat):
                 "iv": header.iv.hex(),
                 "ciphertext_size": max(0, size - HEADER_SIZE - MAC_SIZE),
                 "mac_size": MAC_SIZE,
+                "mac": mac.hex(),
                 "authenticated_header": False,
             },
         )
@@ -62,6 +74,7 @@ class BigdlCbcFormat(FileFormat):
     def open_reader(self, raw: BinaryIO, key: DataKey | None, *, name: str) -> BigdlCbcReader:
         if key is None:
             raise ValueError("aes/cbc/pkcs5padding files need a data key to read")
+        warnings.warn(_IV_NOT_AUTHENTICATED, UnprotectedDataWarning, stacklevel=2)
         return BigdlCbcReader(raw, key, name=name)
 
     def open_writer(self, raw: BinaryIO, key: DataKey | None, envelope: Sequence[WrappedKey], *,
@@ -73,6 +86,10 @@ class BigdlCbcFormat(FileFormat):
         if len(envelope) > 1:
             raise ValueError(f"a BigDL file holds one encrypted data key, not {len(envelope)}")
         return BigdlCbcWriter(raw, key, envelope[0].wrapped if envelope else b"")
+
+    def identity(self, info: FileInfo) -> str:
+        # The HMAC covers the whole ciphertext (not the header's IV): two files differ in it unless they are copies.
+        return str(info.facts["mac"])
 
     def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
         """BigDL's ``.meta`` file, naming the folder's encrypted data key."""

@@ -139,6 +139,11 @@ class FileFormat(ABC):
         return ConfigError(f"{name}: {self.name} headers cannot be re-wrapped",
                            hint="re-encrypt such files with 'ppml rekey' or copy them into an authenticated format")
 
+    def identity(self, info: FileInfo) -> str | None:
+        """What tells this file from every other one (a random file id, or a MAC over the whole ciphertext), as
+        recorded in data-set manifests; ``None`` for formats that have none (plaintext)."""
+        return None
+
     def sidecars(self, envelope: Sequence[WrappedKey]) -> dict[str, bytes]:
         """Extra files (name -> content) that a folder written in this format carries."""
         return {}

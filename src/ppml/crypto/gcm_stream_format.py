@@ -70,6 +70,9 @@ class GcmStreamFormat(FileFormat):
                              hint="choose one of: " + ", ".join(gcm_stream.SEGMENT_PRESETS))
         return {"segment_size": size}
 
+    def identity(self, info: FileInfo) -> str:
+        return str(info.facts["file_id"])  # random per file and bound into every segment's authentication
+
     def layout_options(self, info: FileInfo) -> dict[str, object]:
         return {"segment_size": int(info.facts["segment_size"])}
 

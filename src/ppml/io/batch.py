@@ -29,6 +29,8 @@ class Report:
     bytes: int = 0
     seconds: float = 0.0
     details: list[dict[str, object]] = field(default_factory=list)
+    #: The data set written or checked: id, version and manifest digest (``None`` for single files).
+    dataset: dict[str, object] | None = None
 
     def finish(self, started: float, *, status: str | None = None) -> Report:
         """Fill in the totals from :attr:`details` and the time since ``started`` (``perf_counter``).
@@ -48,7 +50,7 @@ class Report:
 
     def to_json(self) -> dict[str, object]:
         return {"operation": self.operation, "mode": self.mode, "files": self.files, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "details": self.details}
+                "seconds": round(self.seconds, 3), "dataset": self.dataset, "details": self.details}
 
 
 def copy_stream(reader: BinaryIO, writer: BinaryIO, progress: Progress | None = None) -> int:

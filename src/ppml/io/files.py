@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
@@ -24,9 +25,20 @@ from ppml.crypto.formats import (
     detect_format,
     get_format,
 )
-from ppml.errors import CorruptHeaderError, PpmlError, UsageError
+from ppml.errors import CorruptHeaderError, IntegrityError, PpmlError, UnprotectedDataWarning, UsageError
 from ppml.io import azure as _azure
+from ppml.crypto.manifest import Member
 from ppml.io.batch import Progress, Report, copy_stream, run_tasks
+from ppml.io.datasets import (
+    UNPROTECTED_WARNING,
+    check_listing,
+    dataset_roots,
+    check_member,
+    dataset_facts,
+    latest_version,
+    member,
+    write_version,
+)
 from ppml.io.storage import Location, locate, staged_output
 from ppml.keys.keyring import KeyRing
 
@@ -84,12 +96,13 @@ def _key_for(fmt: FileFormat, info: FileInfo, keyring: KeyRing | None, key: Data
 
 @contextlib.contextmanager
 def open_decrypted(url: str | Location, *, keyring: KeyRing | None = None, key: DataKey | None = None,
-                   mode: str | None = None) -> Iterator[BinaryIO]:
+                   mode: str | None = None, expect: Member | None = None) -> Iterator[BinaryIO]:
     """Open an encrypted file for reading its plaintext, as an ordinary (seekable) binary file.
 
     The format is detected from the header (or BigDL's ``.cbc`` suffix) unless ``mode`` names it; the
-    data key is unwrapped from the header through ``keyring`` unless ``key`` is given. Usable directly
-    by pandas, pyarrow and DuckDB::
+    data key is unwrapped from the header through ``keyring`` unless ``key`` is given. ``expect`` is the
+    data-set manifest's entry for the file, which it must match. Usable directly by pandas, pyarrow and
+    DuckDB::
 
         with open_decrypted("orders.csv.ppml", keyring=KeyRing()) as f:
             df = pandas.read_csv(f)
@@ -98,6 +111,8 @@ def open_decrypted(url: str | Location, *, keyring: KeyRing | None = None, key: 
     fmt = get_format(mode) if mode else _sniff(location)
     with location.open("rb") as raw:
         info = fmt.describe(raw, name=location.url)
+        if expect is not None:
+            check_member(expect, fmt, info, name=location.url)
         data_key = _key_for(fmt, info, keyring, key, location.url)
         with fmt.open_reader(raw, data_key, name=location.url) as reader:
             yield reader
@@ -138,14 +153,19 @@ def encrypt(src: str, dst: str, *, key: DataKey, envelope: Sequence[WrappedKey],
                 with _at(source, relative).open("rb") as reader, out.open("wb") as raw, \
                         fmt.open_writer(raw, key, envelope, name=out.url, **options) as writer:
                     written = copy_stream(reader, writer, progress)
+                members[out_rel] = member(out_rel, fmt, describe(out, fmt), out.size())
                 return {"source": _at(source, relative).url, "target": _at(target, out_rel).url, "bytes": written}
             return run
 
+        members: dict[str, Member] = {}
         report.details = run_tasks([task(rel, size) for rel, size in entries], workers)
         if source.is_dir():
             for name, data in fmt.sidecars(envelope).items():
                 with staging.child(name).open("wb") as handle:
                     handle.write(data)
+            written = write_version(staging, members.values(), key=key, envelope=tuple(envelope),
+                                    writer="ppml encrypt", previous=None)
+            report.dataset = dataset_facts(written)
     return report.finish(started)
 
 
@@ -228,14 +248,58 @@ def decrypt_stream(src: str, writer: BinaryIO, *, keyring: KeyRing | None = None
     return report.finish(started)
 
 
+def checked_members(source: Location, entries: Sequence[tuple[str, int]], *, keyring: KeyRing | None,
+                    key: DataKey | None, mode: str | None, min_version: int | None = None) -> dict[str, Member] | None:
+    """Check a folder's data sets against their manifests; returns the members by path relative to ``source``
+    (``None`` for a single file).
+
+    Every data set in the folder (``source`` itself, or folders below it, such as one result per query) is
+    checked. Encrypted files that belong to none are read with a warning, and plaintext files beside them
+    are refused unless ``mode`` names the plaintext format: a plaintext file among encrypted ones is how
+    injected rows look. (Plaintext files beside data sets, such as a timing report, are read as they are.)
+    ``min_version`` applies to the data set at ``source``.
+    """
+    if not source.is_dir():
+        return None
+    roots = sorted(dataset_roots(source), key=lambda r: -r.count("/"))  # nested data sets claim their files first
+    if min_version is not None and "" not in roots:
+        latest_version(source, keyring, key=key, min_version=min_version)  # raises: no manifest
+    members: dict[str, Member] = {}
+    unclaimed = dict(entries)
+    for relative in roots:
+        prefix = f"{relative}/" if relative else ""
+        root = _at(source, relative)
+        version = latest_version(root, keyring, key=key, min_version=min_version if not relative else None)
+        assert version is not None
+        claimed = {rel: size for rel, size in unclaimed.items() if rel.startswith(prefix)}
+        check_listing(root, version, {rel[len(prefix):]: size for rel, size in claimed.items()})
+        members.update({prefix + path: m for path, m in version.members().items()})
+        unclaimed = {rel: size for rel, size in unclaimed.items() if rel not in claimed}
+    formats = {relative: get_format(mode) if mode else _sniff(_at(source, relative)) for relative in unclaimed}
+    plaintext = sorted(r for r, fmt in formats.items() if not fmt.encrypted)
+    if len(plaintext) < len(formats):  # encrypted files that no manifest vouches for
+        warnings.warn(UNPROTECTED_WARNING.format(url=source.url), UnprotectedDataWarning, stacklevel=3)
+        if plaintext and mode is None:
+            raise IntegrityError(f"{source.url}: plaintext file(s) among encrypted ones: "
+                                 f"{', '.join(plaintext[:10])}", path=source.url,
+                                 hint="if they belong there, read them with --mode plain_text (crypto_mode=...) "
+                                      "on their own")
+    return members
+
+
 def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey | None = None,
             mode: str | None = None, force: bool = False, workers: int | None = None,
-            progress: Progress | None = None) -> Report:
-    """Decrypt a file or tree into plaintext; each file's format is detected unless ``mode`` is given."""
+            progress: Progress | None = None, min_version: int | None = None) -> Report:
+    """Decrypt a file or tree into plaintext; each file's format is detected unless ``mode`` is given.
+
+    A tree is first checked against its data-set manifest (see :func:`checked_members`); ``min_version``
+    refuses an older data-set version.
+    """
     source, target = locate(src), locate(dst)
     _refuse_same(source, target)
     started = time.perf_counter()
     entries = source.files()
+    members = checked_members(source, entries, keyring=keyring, key=key, mode=mode, min_version=min_version)
     report = Report("decrypt", mode or "auto")
     with staged_output(target, force=force) as staging:
         def task(relative: str) -> Callable[[], dict[str, object]]:
@@ -244,7 +308,8 @@ def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey 
                 fmt = get_format(mode) if mode else _sniff(location)
                 out_rel = _strip(relative, fmt)
                 out = _at(staging, out_rel)
-                with open_decrypted(location, keyring=keyring, key=key, mode=fmt.name) as reader, \
+                expect = members.get(relative) if members is not None else None
+                with open_decrypted(location, keyring=keyring, key=key, mode=fmt.name, expect=expect) as reader, \
                         out.open("wb") as writer:
                     written = copy_stream(reader, writer, progress)
                 return {"source": location.url, "target": _at(target, out_rel).url,
@@ -256,15 +321,23 @@ def decrypt(src: str, dst: str, *, keyring: KeyRing | None = None, key: DataKey 
 
 
 def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = None, mode: str | None = None,
-           workers: int | None = None, progress: Progress | None = None) -> Report:
-    """Authenticate every segment of a file or of every file in a tree.
+           workers: int | None = None, progress: Progress | None = None, min_version: int | None = None) -> Report:
+    """Authenticate a data set's manifest and every segment of every file (or of one file).
 
-    Each file's result (``ok`` or the error) is in :attr:`Report.details`; nothing raises for a bad
-    file, so one damaged file does not hide the state of the others.
+    Each file's result (``ok`` or the error) is in :attr:`Report.details`, and the data set's (its manifest
+    against the folder) comes first; nothing raises for a bad file, so one damaged file does not hide the
+    state of the others.
     """
     source = locate(path)
     started = time.perf_counter()
     report = Report("verify", mode or "auto")
+    entries = source.files()
+    members: dict[str, Member] | None = None
+    dataset_entry: list[dict[str, object]] = []
+    try:
+        members = checked_members(source, entries, keyring=keyring, key=key, mode=mode, min_version=min_version)
+    except PpmlError as exc:
+        dataset_entry = [{"path": source.url, "kind": "data set", "ok": False, "bytes": 0, "error": exc.to_dict()}]
 
     def task(relative: str, size: int) -> Callable[[], dict[str, object]]:
         def run() -> dict[str, object]:
@@ -273,6 +346,8 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
                 fmt = get_format(mode) if mode else _sniff(location)
                 with location.open("rb") as raw:
                     info = fmt.describe(raw, name=location.url)
+                    if members is not None and relative in members:
+                        check_member(members[relative], fmt, info, name=location.url)
                     data_key = _key_for(fmt, info, keyring, key, location.url)
                     plaintext = fmt.verify(raw, data_key, name=location.url)
                 result = {"path": location.url, "format": fmt.name, "ok": True, "bytes": plaintext}
@@ -283,7 +358,10 @@ def verify(path: str, *, keyring: KeyRing | None = None, key: DataKey | None = N
             return result
         return run
 
-    report.details = run_tasks([task(rel, size) for rel, size in source.files()], workers)
+    report.details = dataset_entry + run_tasks([task(rel, size) for rel, size in entries], workers)
+    if members:
+        found = latest_version(source, keyring, key=key) if source.is_dir() else None
+        report.dataset = dataset_facts(found) if found is not None else None
     return report.finish(started)
 
 

@@ -162,25 +162,27 @@ def encrypt(src: PathLike, dst: PathLike, *, data_key: PathLike, keys: KeySettin
 
 def decrypt(src: PathLike, dst: PathLike, *, keys: KeySettings | None = None, data_key: PathLike | None = None,
             crypto_mode: str | None = None, force: bool = False, workers: int | None = None,
-            progress: Callable[[int], None] | None = None) -> Report:
-    """Decrypt a file or folder; each file's header names its key and format. Nothing unauthenticated is
-    written, and a failed run leaves no output."""
+            progress: Callable[[int], None] | None = None, min_version: int | None = None) -> Report:
+    """Decrypt a file or folder; each file's header names its key and format. A folder is checked against its
+    data-set manifest first (``min_version`` refuses an older version); nothing unauthenticated is written,
+    and a failed run leaves no output."""
     ring = (keys or KeySettings()).keyring()
     key = ring.open_data_key_file(os.fspath(data_key))[1] if data_key is not None else None
     return files.decrypt(os.fspath(src), os.fspath(dst), keyring=ring, key=key, mode=crypto_mode, force=force,
-                         workers=workers, progress=progress)
+                         workers=workers, progress=progress, min_version=min_version)
 
 
 def verify(path: PathLike, *, keys: KeySettings | None = None, data_key: PathLike | None = None,
-           crypto_mode: str | None = None, workers: int | None = None) -> Report:
-    """Authenticate every byte of a file or of every file in a folder.
+           crypto_mode: str | None = None, workers: int | None = None, min_version: int | None = None) -> Report:
+    """Authenticate a folder's data-set manifest and every byte of every file (or of one file).
 
-    Returns the report (one entry per file, ``ok`` or its error) without raising for a bad file;
-    ``report.failures`` lists the bad ones.
+    Returns the report (the data set's entry first, then one per file, ``ok`` or its error) without raising
+    for a bad file; ``report.failures`` lists the bad ones and ``report.dataset`` the version checked.
     """
     ring = (keys or KeySettings()).keyring()
     key = ring.open_data_key_file(os.fspath(data_key))[1] if data_key is not None else None
-    return files.verify(os.fspath(path), keyring=ring, key=key, mode=crypto_mode, workers=workers)
+    return files.verify(os.fspath(path), keyring=ring, key=key, mode=crypto_mode, workers=workers,
+                        min_version=min_version)
 
 
 def inspect(path: PathLike, *, crypto_mode: str | None = None) -> FileInfo:

@@ -158,10 +158,20 @@ class Location:
         Names starting with ``.`` or ``_`` (``.meta``, ``_SUCCESS``, Spark's temporary folders) are
         skipped unless ``include_hidden``.
         """
+        entries = self.listing(include_hidden=include_hidden)
+        return [(relative, int(info.get("size") or 0)) for relative, info in entries]
+
+    def listing(self, *, include_hidden: bool = False) -> list[tuple[str, dict]]:
+        """As :meth:`files`, with the file system's facts about each file (fsspec's ``info``).
+
+        The facts tell versions of a file apart: ``size`` always, plus ``mtime`` and ``ino`` locally,
+        ``etag`` and ``last_modified`` on Azure.
+        """
         if not self.exists():
             raise self.not_found()
         if not self.is_dir():
-            return [("", self.size())]
+            with self.errors():
+                return [("", self.fs.info(self.path))]
         root = self.path.rstrip("/")
         found = []
         with self.errors():
@@ -171,8 +181,39 @@ class Location:
                 continue
             relative = posixpath.relpath(path, root)
             if include_hidden or not any(part.startswith(HIDDEN_PREFIXES) for part in relative.split("/")):
-                found.append((relative, int(info.get("size") or 0)))
-        return sorted(found)
+                found.append((relative, info))
+        return sorted(found, key=lambda entry: entry[0])
+
+    def create(self, data: bytes) -> None:
+        """Write a new file holding ``data``, whole or not at all; an existing file is never replaced.
+
+        Raises :class:`~ppml.errors.AlreadyExistsError` when the file exists (another writer got there first).
+        """
+        if self.is_local:
+            folder = os.path.dirname(self.path)
+            os.makedirs(folder, exist_ok=True)
+            staged = os.path.join(folder, f".{self.name}.ppml-partial-{os.urandom(4).hex()}")
+            with open(staged, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(staged, self.path)  # atomic, and fails when the name is taken
+            except FileExistsError:
+                raise AlreadyExistsError(f"{self.url} already exists") from None
+            finally:
+                os.unlink(staged)
+            return
+        try:
+            with self.errors():
+                if self.is_azure:  # one request that fails when the blob exists (If-None-Match: *)
+                    self.fs.pipe_file(self.path, data, overwrite=False)
+                elif self.fs.exists(self.path):
+                    raise FileExistsError(self.path)
+                else:
+                    self.fs.pipe_file(self.path, data)
+        except FileExistsError:
+            raise AlreadyExistsError(f"{self.url} already exists") from None
 
     def glob(self) -> list[Location]:
         """The locations matching this location's path as a glob pattern, sorted."""

@@ -40,7 +40,7 @@ from ppml.keys.broker_protocol import (
 from ppml.keys.expiring_keys import ExpiringKeys
 from ppml.keys.kms import KeyManagementService
 
-__all__ = ["BrokerKms", "release_counters", "clear_releases"]
+__all__ = ["BrokerKms", "release_counters", "clear_releases", "attestation_records"]
 
 _EXPIRY_MARGIN = 0.9  # re-attest a little before the broker's lifetime ends
 _MAX_RETRIES = 5
@@ -49,6 +49,28 @@ _CONNECT_TIMEOUT = 10.0  # a broker that accepts no connection in 10 s is down, 
 log = logging.getLogger("ppml.keys.broker")
 _RELEASES = ExpiringKeys()
 _COUNTERS: Counter[str] = Counter()
+# The evidence this process was released keys on, for provenance records (no key material, bounded).
+_EVIDENCE: dict[str, dict[str, Any]] = {}
+_EVIDENCE_LOCK = threading.Lock()
+_MAX_EVIDENCE = 64
+
+
+def _record_evidence(broker: str, evidence, answer: Mapping[str, Any], reference: str) -> None:
+    with _EVIDENCE_LOCK:
+        record = _EVIDENCE.setdefault(evidence.digest, {
+            "broker": broker, "evidence_type": evidence.type, "evidence_digest": evidence.digest,
+            "claims": dict(answer.get("claims") or {}), "keys": []})
+        if reference not in record["keys"]:
+            record["keys"].append(reference)
+        while len(_EVIDENCE) > _MAX_EVIDENCE:
+            _EVIDENCE.pop(next(iter(_EVIDENCE)))
+
+
+def attestation_records() -> list[dict[str, Any]]:
+    """What this process proved to key brokers to be released keys: evidence type and digest, the claims the
+    broker verified (when it returned them) and the keys released, never a key."""
+    with _EVIDENCE_LOCK:
+        return [dict(r, keys=list(r["keys"])) for r in _EVIDENCE.values()]
 
 
 def _retry_after(value: str | None) -> float:
@@ -263,4 +285,5 @@ class BrokerKms(KeyManagementService):
             raise KeyAccessError(f"the key broker's answer for {reference} is malformed") from None
         key = ephemeral.open(sealed, release_info(nonce, wrapped), reference=reference)
         _COUNTERS["keys"] += 1
+        _record_evidence(self.url, evidence, answer, reference)
         return key, lifetime

@@ -279,6 +279,10 @@ class KeySettings:
         """Where new data keys come from: the BigDL key type when one is configured, else :meth:`primary`."""
         return self.bigdl() or self.primary(prompt=prompt)
 
+    def uses_broker(self) -> bool:
+        """Whether keys come from a key broker, after attestation (here or in this process's environment)."""
+        return bool(self.broker_url or os.environ.get(_BROKER_ENV["broker_url"]))
+
     def broker(self) -> KeyManagementService | None:
         """The key broker client, or ``None`` when no broker URL is set here or in the environment."""
         values = {name: getattr(self, name) or os.environ.get(env) or None for name, env in _BROKER_ENV.items()}

@@ -8,79 +8,52 @@
     orders = ctx.read().option("header", True).schema(schema).csv("enc/orders")
     ctx.write(result).mode("overwrite").option("header", True).csv("enc/report")
 
-Sessions built by the context get secure defaults: shuffle and spill encryption, authenticated RPC with
-AES-GCM outside local mode, redaction of ppml settings in the UI and logs, and Spark's Python filter
-pushdown. Turning any of them off produces a :class:`~ppml.errors.PpmlInsecureWarning`.
+Sessions built by the context get secure defaults (:mod:`ppml.spark.session`): shuffle and spill
+encryption, authenticated RPC with AES-GCM, redaction of ppml settings in the UI and logs, and Spark's
+Python filter pushdown. Turning any of them off produces a :class:`~ppml.errors.PpmlInsecureWarning`.
+
+Spark cannot ask a Python data source how big it is, so on its own it would never broadcast a ppml table
+in a join, as it does a small file it reads itself. The reader therefore estimates each read the way
+Spark estimates a file scan (the size of the files, times the share of the row's width that is read) and
+marks reads under ``spark.sql.autoBroadcastJoinThreshold`` for broadcast joins.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import DEFAULT_FORMAT, get_format
-from ppml.errors import AlreadyExistsError, ConfigError, PpmlInsecureWarning, UsageError
+from ppml.errors import AlreadyExistsError, ConfigError, UnprotectedDataWarning, UsageError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.storage import locate
 from ppml.keys.datakey_file import DataKeyFile
 from ppml.keys.settings import KeySettings
 from ppml.spark.datasource import PpmlDataSource
+from ppml.spark.provenance import describe_provenance
+from ppml.spark.session import secure_session, warn_insecure
+from ppml.spark.sizing import broadcastable, split_size
+from ppml.spark.splits import survey
 
-__all__ = ["PPMLContext", "SECURE_DEFAULTS", "register", "secure_session"]
+__all__ = ["PPMLContext", "register"]
 
-REDACTION = "(?i)secret|password|token|access[.]?key|ppml"
-SECURE_DEFAULTS = {
-    "spark.io.encryption.enabled": "true",
-    "spark.io.encryption.keySizeBits": "256",
-    "spark.redaction.regex": REDACTION,
-    "spark.sql.redaction.options.regex": "(?i)url|ppml|key|secret|password",
-    "spark.sql.python.filterPushdown.enabled": "true",
-}
-CLUSTER_DEFAULTS = {
-    "spark.authenticate": "true",
-    "spark.network.crypto.enabled": "true",
-    "spark.network.crypto.cipher": "AES/GCM/NoPadding",
-}
 _SAVE_MODES = {"overwrite", "append", "ignore", "error", "errorifexists", "default"}
 
 
-def _is_local(master: str | None) -> bool:
-    return master is None or master.startswith("local")
+def _storage(options: dict[str, str]) -> AzureStorageSettings:
+    """The Azure storage settings among data source ``options`` (any case)."""
+    return AzureStorageSettings.from_options({k.lower(): v for k, v in options.items()})
 
 
-def _warn_insecure(conf: dict[str, str], master: str | None) -> None:
-    expected = {**SECURE_DEFAULTS, **({} if _is_local(master) else CLUSTER_DEFAULTS)}
-    for key in ("spark.io.encryption.enabled", "spark.authenticate", "spark.network.crypto.enabled"):
-        if key in expected and str(conf.get(key, expected[key])).lower() != "true":
-            warnings.warn(f"{key} is off: shuffle, spill or RPC traffic of this session is not protected",
-                          PpmlInsecureWarning, stacklevel=3)
-    cipher = conf.get("spark.network.crypto.cipher")
-    if not _is_local(master) and cipher and "GCM" not in cipher.upper():
-        warnings.warn(f"spark.network.crypto.cipher is {cipher}: Spark's RPC is then not authenticated encryption",
-                      PpmlInsecureWarning, stacklevel=3)
-
-
-def secure_session(builder: SparkSession.Builder | None = None, *, auth_secret_file: str | None = None) -> SparkSession:
-    """``builder.getOrCreate()`` with ppml's secure defaults for every setting the builder leaves unset."""
-    builder = builder or SparkSession.builder
-    # Python workers must run the interpreter that has ppml installed, not whatever python3 is on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    given = dict(getattr(builder, "_options", {}))
-    master = given.get("spark.master")
-    defaults = {**SECURE_DEFAULTS, **({} if _is_local(master) else CLUSTER_DEFAULTS)}
-    if auth_secret_file:
-        defaults["spark.authenticate.secret"] = Path(auth_secret_file).read_text(encoding="utf-8").strip()
-    for key, value in defaults.items():
-        if key not in given:
-            builder = builder.config(key, value)
-    _warn_insecure(given, master)
-    return builder.getOrCreate()
+def _submitted_keys(spark: SparkSession) -> KeySettings | None:
+    """Key settings that ``ppml submit`` gave the job as ``spark.ppml.keys.*`` settings, if any."""
+    prefix = "spark.ppml.keys."
+    options = {k[len(prefix):]: v for k, v in spark.sparkContext.getConf().getAll() if k.startswith(prefix)}
+    return KeySettings.from_options(options) if options else None
 
 
 def register(spark: SparkSession) -> None:
@@ -106,6 +79,9 @@ class PPMLContext:
         and its companions) is passed on too. Default: each process's environment and key store.
     data_key
         Data-key file used for encrypted writes (its wrapped copies travel to executors, never the key).
+    signing_key
+        Signing-key file (``ppml keys signing-key``) that signs the provenance record of every result written;
+        default: each result's own data key (see :mod:`ppml.io.provenance`).
     azure_storage
         Credentials for ``abfs://``, ``abfss://`` and ``az://`` paths, as
         :class:`~ppml.io.azure.AzureStorageSettings` (secrets as ``env:VAR`` / ``file:PATH`` sources that
@@ -114,17 +90,20 @@ class PPMLContext:
     """
 
     def __init__(self, spark: SparkSession | SparkSession.Builder | None = None, *, keys: KeySettings | None = None,
-                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None) -> None:
+                 data_key: str | os.PathLike | None = None, azure_storage: AzureStorageSettings | None = None,
+                 signing_key: str | os.PathLike | None = None) -> None:
         if spark is None or isinstance(spark, SparkSession.Builder):
             spark = secure_session(spark)
         else:
-            _warn_insecure(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.master)
+            warn_insecure(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.master)
         self.spark = spark
         register(spark)
-        self.keys = (keys or KeySettings()).with_environment_broker()
+        self.keys = (keys or _submitted_keys(spark) or KeySettings()).with_environment_broker()
         self._settings = self.keys.to_options()
         if data_key is not None:
             self._settings["dataKeyJson"] = json.dumps(DataKeyFile.load(data_key).to_json())
+        if signing_key is not None:
+            self._settings["signingKeyJson"] = json.dumps(DataKeyFile.load(signing_key).to_json())
         self._storage = azure_storage or AzureStorageSettings()
         self._settings.update(self._storage.to_options())
 
@@ -165,22 +144,39 @@ class EncryptedReader:
         return self
 
     def load(self, path: str | list[str], format: str = "csv") -> DataFrame:  # noqa: A002
-        reader = self._ctx.spark.read.format("ppml").options(**self._options).option("format", format)
+        """The files at ``path`` (a file, folder, glob, or a list of them) as a DataFrame.
+
+        Split across the session's cores and marked for broadcast joins by size as Spark does its own
+        file scans (see :mod:`ppml.spark.sizing`); an explicit ``splitSize`` option wins.
+        """
+        paths = tuple(path) if isinstance(path, (list, tuple)) else (path,)
+        found = survey(paths, self._options["cryptoMode"], azure=_storage(self._options),
+                       keyring=self._ctx.keys.keyring())
+        if found.unprotected:
+            warnings.warn(f"{len(found.unprotected)} encrypted file(s) read from {', '.join(paths)} belong to no "
+                          "data set with a manifest (e.g. " + found.unprotected[0] + "): files deleted, added or "
+                          "replaced among them cannot be detected", UnprotectedDataWarning, stacklevel=3)
+        sizes = found.sizes
+        spark = self._ctx.spark
+        # The data-set versions found now are the ones this DataFrame reads: a later version is refused.
+        reader = spark.read.format("ppml").options(**{"splitSize": str(split_size(spark, sizes)), **self._options,
+                                                      "datasetVersions": json.dumps(found.versions)})
+        reader = reader.option("format", format)
         schema = self._schema
+        file_schema = None
         if self._columns is not None:
             if schema is None:
                 raise UsageError("columns(...) needs the files' full schema: call .schema(...) first")
-            full = schema if isinstance(schema, StructType) else StructType.fromDDL(schema)
-            unknown = [c for c in self._columns if c not in full.names]
+            file_schema = schema if isinstance(schema, StructType) else StructType.fromDDL(schema)
+            unknown = [c for c in self._columns if c not in file_schema.names]
             if unknown:
-                raise ConfigError(f"columns {unknown} are not in the schema", hint=f"columns: {full.names}")
-            reader = reader.option("fileSchema", full.json())
-            schema = StructType([full[c] for c in self._columns])
+                raise ConfigError(f"columns {unknown} are not in the schema", hint=f"columns: {file_schema.names}")
+            reader = reader.option("fileSchema", file_schema.json())
+            schema = StructType([file_schema[c] for c in self._columns])
         if schema is not None:
             reader = reader.schema(schema)
-        if isinstance(path, (list, tuple)):
-            return reader.option("paths", json.dumps(list(path))).load()
-        return reader.load(path)
+        df = reader.option("paths", json.dumps(list(paths))).load() if len(paths) > 1 else reader.load(paths[0])
+        return df.hint("broadcast") if broadcastable(spark, sizes, df.schema, file_schema or df.schema) else df
 
     def csv(self, path: str | list[str]) -> DataFrame:
         return self.load(path, "csv")
@@ -200,6 +196,12 @@ class EncryptedWriter:
         self._df = df
         self._options: dict[str, str] = {**ctx._settings, "cryptoMode": crypto_mode}
         self._mode = "error"
+        self._label: str | None = None
+
+    def label(self, text: str) -> EncryptedWriter:
+        """Name what this result is (``TPC-H Q01``) in its provenance record."""
+        self._label = text
+        return self
 
     def mode(self, save_mode: str) -> EncryptedWriter:
         if save_mode.lower() not in _SAVE_MODES:
@@ -217,8 +219,7 @@ class EncryptedWriter:
         return self
 
     def save(self, path: str, format: str = "csv") -> None:  # noqa: A002
-        options = {k.lower(): v for k, v in self._options.items()}
-        target = locate(path, azure=AzureStorageSettings.from_options(options))
+        target = locate(path, azure=_storage(self._options))
         exists = target.exists() and (not target.is_dir() or bool(target.files()))
         if exists and self._mode in ("error", "errorifexists", "default"):
             raise AlreadyExistsError(f"{path} already exists", hint="use .mode('overwrite') or .mode('append')")
@@ -226,7 +227,7 @@ class EncryptedWriter:
             return
         spark_mode = "append" if self._mode == "append" else "overwrite"
         (self._df.write.format("ppml").mode(spark_mode).options(**self._options).option("format", format)
-         .save(path))
+         .option("provenance", json.dumps(describe_provenance(self._df, self._label))).save(path))
 
     def csv(self, path: str) -> None:
         self.save(path, "csv")

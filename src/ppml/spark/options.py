@@ -29,7 +29,7 @@ DEFAULT_SPLIT_SIZE = 128 * 1024 * 1024
 _KNOWN = {
     "path", "paths", "format", "cryptomode", "header", "sep", "delimiter", "quote", "escape", "nullvalue",
     "columns", "splitsize", "datakey", "datakeyjson", "segment", "ignoretrailingdelimiter", "fileschema",
-    "filterpushdown",
+    "filterpushdown", "datasetversions", "provenance", "signingkeyjson",
     *(name.lower() for name in KeySettings.OPTIONS.values()),
     *(name.lower() for name in AzureStorageSettings.OPTIONS.values()),
 }
@@ -59,6 +59,15 @@ class SourceOptions:
     split_size: int = DEFAULT_SPLIT_SIZE
     segment: str | None = None
     storage: AzureStorageSettings = AzureStorageSettings()
+    #: Reads: data-set URL -> the version the read was defined on (a data set written since is refused).
+    dataset_versions: tuple[tuple[str, int], ...] = ()
+    #: Writes: what the result's provenance record says about its inputs and query (JSON), and the signing key.
+    provenance_json: str | None = None
+    signing_key_json: str | None = None
+
+    @property
+    def expected_versions(self) -> dict[str, int]:
+        return dict(self.dataset_versions)
 
     def envelope(self) -> tuple[WrappedKey, ...]:
         """The wrapped copies of the data key to write with (never the key itself)."""
@@ -120,5 +129,10 @@ def parse_options(options: Mapping[str, str], *, path: str | None = None) -> Sou
     if split_size < 1024 * 1024:
         raise ConfigError("option 'splitSize' must be at least 1 MiB")
     storage = AzureStorageSettings.from_options(lowered)
+    try:
+        versions = tuple((str(url), int(v)) for url, v in json.loads(lowered.get("datasetversions", "{}")).items())
+    except (ValueError, AttributeError, TypeError):
+        raise ConfigError("option 'datasetVersions' must be a JSON object of data-set URL -> version") from None
     return SourceOptions(paths, lowered.get("cryptomode", DEFAULT_FORMAT), text, keys, data_key_json, columns,
-                         split_size, lowered.get("segment"), storage)
+                         split_size, lowered.get("segment"), storage, versions, lowered.get("provenance"),
+                         lowered.get("signingkeyjson"))

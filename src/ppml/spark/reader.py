@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -21,11 +21,11 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
-from ppml.errors import ConfigError
 from ppml.io.storage import locate
 from ppml.spark.options import SourceOptions
+from ppml.spark.parse_errors import ParseFailure, parse_error
 from ppml.spark.pushdown import split_filters
-from ppml.spark.splits import FileSplit, LineRange, list_files, plan_splits
+from ppml.spark.splits import FileSplit, LineRange, plan_splits
 
 __all__ = ["PpmlReader", "FilteringPpmlReader", "arrow_schema"]
 
@@ -47,8 +47,9 @@ class PpmlReader(DataSourceReader):
         self.filters: list[Filter] = []
 
     def partitions(self) -> list[FileSplit]:
-        files = list_files(self.options.paths, azure=self.options.storage)
-        return plan_splits(files, self.options.crypto_mode, self.options.split_size)
+        return plan_splits(self.options.paths, self.options.crypto_mode, self.options.split_size,
+                           azure=self.options.storage, keyring=self.options.keys.keyring(),
+                           expected=self.options.expected_versions)
 
     def read(self, partition: FileSplit) -> Iterator[pa.RecordBatch]:
         location = locate(partition.url, azure=self.options.storage)
@@ -56,19 +57,29 @@ class PpmlReader(DataSourceReader):
         target = arrow_schema(self.schema)
         expressions, _ = split_filters(self.filters, target)
         predicate = functools.reduce(operator.and_, expressions) if expressions else None
+        skip_header = partition.start == 0 and self.options.text.header
         with location.open("rb") as raw:
             key = None
             if fmt.encrypted:
                 info = fmt.describe(raw, name=location.url)
+                partition.check(fmt, info, raw.seek(0, io.SEEK_END))
                 key = self.options.keys.keyring().unwrap(info.envelope, name=location.url)
-            with fmt.open_reader(raw, key, name=location.url) as plaintext:
-                lines = io.BufferedReader(LineRange(plaintext, partition.start, partition.end), _BLOCK)
-                for batch in self._parse(lines, skip_header=partition.start == 0 and self.options.text.header):
-                    batch = _conform(batch, target)
-                    if predicate is not None:  # one pass over the batch for all pushed filters
-                        batch = batch.filter(predicate)
-                    if batch.num_rows:
-                        yield batch
+            try:
+                with fmt.open_reader(raw, key, name=location.url) as plaintext:
+                    lines = io.BufferedReader(LineRange(plaintext, partition.start, partition.end), _BLOCK)
+                    for batch in self._parse(lines, skip_header=skip_header):
+                        batch = _conform(batch, target)
+                        if predicate is not None:  # one pass over the batch for all pushed filters
+                            batch = batch.filter(predicate)
+                        if batch.num_rows:
+                            yield batch
+            except ParseFailure as failure:
+                with fmt.open_reader(raw, key, name=location.url) as plaintext:
+                    rows = io.BufferedReader(LineRange(plaintext, partition.start, partition.end), _BLOCK)
+                    if skip_header:
+                        rows.readline()
+                    raise parse_error(failure, name=location.url, start=partition.start, lines=rows,
+                                      sep=self.options.text.sep, columns=list(self.file_schema.names)) from None
 
     def _parse(self, lines: io.BufferedReader, *, skip_header: bool) -> Iterator[pa.RecordBatch]:
         text = self.options.text
@@ -80,8 +91,8 @@ class PpmlReader(DataSourceReader):
             options = pa_json.ParseOptions(explicit_schema=wanted, unexpected_field_behavior="ignore")
             if not lines.peek(1):
                 return
-            yield from pa_json.open_json(lines, read_options=pa_json.ReadOptions(block_size=_BLOCK),
-                                         parse_options=options)
+            yield from _counted(lambda: pa_json.open_json(lines, read_options=pa_json.ReadOptions(block_size=_BLOCK),
+                                                          parse_options=options))
             return
         if skip_header:
             lines.readline()
@@ -99,12 +110,8 @@ class PpmlReader(DataSourceReader):
             column_types={f.name: f.type for f in wanted}, include_columns=list(self.schema.names),
             null_values=[text.null_value], strings_can_be_null=True, quoted_strings_can_be_null=False,
         )
-        try:
-            yield from pa_csv.open_csv(lines, read_options=read_options, parse_options=parse_options,
-                                       convert_options=convert_options)
-        except pa.ArrowInvalid as exc:
-            raise ConfigError(f"cannot parse the plaintext as CSV with the given schema: {_first_line(exc)}",
-                              hint="check the schema, 'sep', 'header' and 'cryptoMode' options") from None
+        yield from _counted(lambda: pa_csv.open_csv(lines, read_options=read_options, parse_options=parse_options,
+                                                    convert_options=convert_options))
 
 
 class FilteringPpmlReader(PpmlReader):
@@ -117,9 +124,16 @@ class FilteringPpmlReader(PpmlReader):
         return left
 
 
-def _first_line(exc: Exception) -> str:
-    # Arrow's messages may quote the offending row: keep only the first line, and cut it short.
-    return str(exc).splitlines()[0][:200]
+def _counted(open_batches: Callable[[], Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The batches ``open_batches()`` reads, turning Arrow's parse errors (which quote data, and come from
+    opening as well as reading) into :class:`ParseFailure` with the count of rows parsed before."""
+    rows = 0
+    try:
+        for batch in open_batches():
+            rows += batch.num_rows
+            yield batch
+    except pa.ArrowInvalid as exc:
+        raise ParseFailure(str(exc), rows) from None
 
 
 def _has_trailing_delimiter(first: bytes, sep: str, columns: int, setting: str) -> bool:

@@ -4,9 +4,11 @@ Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from
 is written; the plaintext never lands on disk. Only when every task has succeeded does the driver's ``commit``
 remove any old ``_SUCCESS``, move the parts into place (renames locally; on object stores such as Azure Blob,
 server-side copies that each replace one blob atomically, then deletes), only then remove what an ``overwrite``
-replaces, and write ``_SUCCESS`` last; ``abort`` deletes the temporary parts. A failed job therefore leaves the
-output as it was, and a commit cut short (storage lost while moving parts) still leaves all the old parts, next
-to any new ones already moved, without ``_SUCCESS``.
+replaces, record the data set's next version in its authenticated manifest and its signed provenance record
+(encrypted formats; see :mod:`ppml.io.datasets` and :mod:`ppml.io.provenance`) and write ``_SUCCESS`` last;
+``abort`` deletes the temporary parts. A failed job therefore leaves the output as it was, and a commit cut
+short (storage lost while moving parts) still leaves all the old parts, next to any new ones already moved,
+without ``_SUCCESS`` and under the old manifest version.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +28,13 @@ from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
+from ppml.crypto.manifest import Member
 from ppml.errors import ConfigError
+from ppml.io.datasets import DataSetVersion, commit_version, member
+from ppml.io.files import describe
+from ppml.io.provenance import Signer, build_record, write_record
 from ppml.io.storage import Location, locate, move_files
+from ppml.keys.datakey_file import DataKeyFile
 from ppml.spark.options import SourceOptions
 
 __all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
@@ -39,6 +47,8 @@ SUCCESS = "_SUCCESS"
 class PartCommit(WriterCommitMessage):
     staged: str | None  # None: the task's partition was empty and wrote nothing
     final: str | None
+    member: Member | None = None  # the part as the data-set manifest records it (encrypted formats)
+    attestation: tuple[dict, ...] = ()  # what the task's process proved to key brokers (for provenance)
 
 
 def _json_default(value: object) -> object:
@@ -90,7 +100,8 @@ class PpmlWriter(DataSourceArrowWriter):
         with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url,
                                                        **self.writer_options) as out:
             self._encode(batches, out, first.schema if first is not None else None)
-        return PartCommit(staged.url, final.url)
+        part = member(name, fmt, describe(staged, fmt), staged.size()) if fmt.encrypted else None
+        return PartCommit(staged.url, final.url, part, tuple(_attestation_records()))
 
     def _encode(self, batches: Iterator[pa.RecordBatch], out, schema: pa.Schema | None) -> None:
         text = self.options.text
@@ -135,8 +146,54 @@ class PpmlWriter(DataSourceArrowWriter):
             with root.child(name).open("wb") as handle:
                 handle.write(data)
         self._cleanup(root)
+        if fmt.encrypted:
+            parts = [m for m in messages if m is not None]
+            version = self._record_version(root, [m.member for m in parts if m.member is not None])
+            self._record_provenance(root, version, [a for m in parts for a in m.attestation])
         with root.child(SUCCESS).open("wb"):
             pass
+
+    def _record_version(self, root: Location, parts: list[Member]) -> DataSetVersion:
+        """The data set's next manifest version: the parts written (and, when appending, what was there)."""
+        envelope = self.options.envelope()
+        ring = self.options.keys.keyring()
+        key = ring.unwrap(envelope, name=f"the data key for {root.url}")
+
+        def existing() -> list[Member]:
+            found = []
+            for relative, size in root.files():
+                info = describe(root.child(relative))
+                fmt = get_format(info.format)
+                if fmt.identity(info) is None:
+                    raise ConfigError(f"{root.child(relative).url} is a plaintext file; appending encrypted files "
+                                      "to its folder would make a data set that includes it",
+                                      hint="write to another folder, or move the plaintext file away")
+                found.append(member(relative, fmt, info, size))
+            return found
+
+        return commit_version(root, parts, replace=self.overwrite, key=key, envelope=tuple(envelope), keyring=ring,
+                              writer=f"ppml Spark writer ({self.format})", existing=existing)
+
+    def _record_provenance(self, root: Location, version: DataSetVersion, executors: list[dict]) -> None:
+        """The signed record of how this version was made (see :mod:`ppml.io.provenance`)."""
+        ring = self.options.keys.keyring()
+        described = json.loads(self.options.provenance_json or "{}")
+        attested = self.options.keys.uses_broker()
+        if self.options.signing_key_json:
+            record = DataKeyFile.parse(self.options.signing_key_json.encode(), name="the signing key")
+            signer = Signer(ring.unwrap(record.envelope, name="the signing key", key_id=record.key_id),
+                            "signing-key", attested)
+        else:
+            output_key = ring.unwrap(version.manifest.envelope, name=version.location.url,
+                                     key_id=version.manifest.key_id)
+            signer = Signer(output_key, "data-key", attested)
+        processes = [{"process": "driver", **a} for a in _attestation_records()]
+        processes += [{"process": "executor", **a} for a in {e["evidence_digest"]: e for e in executors}.values()]
+        inputs = described.get("inputs") or []
+        key_ids = [version.manifest.key_id, *(i["key_id"] for i in inputs if i.get("key_id"))]
+        data = build_record(version, inputs=inputs, query=described.get("query") or {}, key_ids=key_ids,
+                            attestation=processes, spark=described.get("spark"), signer=signer)
+        write_record(root, version.manifest.version, data)
 
     def abort(self, messages: list[PartCommit | None]) -> None:
         self._cleanup(self._root())
@@ -148,6 +205,12 @@ class PpmlWriter(DataSourceArrowWriter):
         parent = root.child(TEMPORARY)
         if parent.exists() and not parent.files(include_hidden=True):
             parent.remove(recursive=True)
+
+
+def _attestation_records() -> list[dict]:
+    """What this process proved to key brokers (none when it never asked one: the client is not loaded)."""
+    client = sys.modules.get("ppml.keys.broker_client")
+    return client.attestation_records() if client is not None else []
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -8,14 +8,17 @@ crypto mode, and per-query seconds go to ``OUTPUT_DIR/TIMES.txt`` (``Q01<TAB>sec
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from ppml.io.batch import Report
 from ppml.io.encryption import Encryption
@@ -24,12 +27,12 @@ from ppml.io.storage import locate
 from ppml.spark.context import PPMLContext
 from ppml.tpch.gen import MARKER, read_scale
 from ppml.tpch.queries import COLUMNS_USED, run_query
-from ppml.tpch.schema import TABLE_NAMES, spark_schema
+from ppml.tpch.schema import TABLE_NAMES, column_names, spark_schema
 from ppml.tpch.spec import query_label
 from ppml.tpch.tables import Tables, tbl_tables
 
-__all__ = ["QueryRun", "warm_up", "ppml_tables", "run_queries", "encrypt_tables", "write_times", "decrypted_oracle",
-           "spark_csv_tables"]
+__all__ = ["QueryRun", "Variant", "warm_up", "ppml_tables", "run_queries", "run_side_by_side", "encrypt_tables",
+           "write_times", "decrypted_oracle", "spark_csv_tables"]
 
 Progress = Callable[[str], None]
 
@@ -82,9 +85,64 @@ def encrypt_tables(input_dir: str, output_dir: str, encryption: Encryption, *, f
     return report
 
 
-def warm_up(tables: Tables) -> None:
-    """Start Spark's Python workers and the JVM's JIT before anything is timed (reads the smallest table)."""
-    tables["region"].count()
+@dataclass
+class Variant:
+    """One way of running the queries: the tables, where and how results are written, and the oracle.
+
+    ``spark_writer`` writes plaintext results with Spark's own CSV writer (the baseline) instead of
+    through ppml in ``output_mode``; ``oracle`` is an object with ``answer(n) -> rows``; ``label``
+    prefixes the query in progress reports.
+    """
+
+    tables: Tables
+    output_dir: str
+    output_mode: str
+    spark_writer: bool = False
+    oracle: object | None = None
+    label: str = ""
+
+
+#: The query :func:`warm_up` runs: filters, joins, an aggregate, a sort and a limit.
+WARM_UP_QUERY = 3
+
+
+def warm_up(ctx: PPMLContext, *variants: Variant) -> None:
+    """Bring each variant to the state a long-running job is in, so that timings compare like with like.
+
+    Spark starts a Python worker the first time each step of a Python data source runs (creating it,
+    pushing filters, planning a read, reading on each core, creating and committing a writer) and its
+    JVM compiles code as it first runs it. So for every variant this reads all eight tables in one stage
+    (each through the filter pushdown a query plans, each core's worker unwrapping the data key) and runs
+    :data:`WARM_UP_QUERY` end to end into a temporary folder (written, read back, checked if it has an oracle).
+    """
+    first_columns = {table: [column_names(table)[0]] for table in TABLE_NAMES}
+    with tempfile.TemporaryDirectory(prefix="ppml-warm-up-") as scratch:
+        for index, variant in enumerate(variants):
+            keys = variant.tables.narrowed(first_columns)
+            scans = [keys[table].where(F.col(column).isNotNull()).select(F.col(column).cast("long"))
+                     for table, [column] in first_columns.items()]
+            functools.reduce(DataFrame.union, scans).count()
+            _run_one(ctx, replace(variant, output_dir=f"{scratch}/{index}"), WARM_UP_QUERY)
+
+
+def run_side_by_side(ctx: PPMLContext, variants: Sequence[Variant], queries: Sequence[int], *,
+                     progress: Progress | None = None) -> list[list[QueryRun]]:
+    """Run each query in every variant before going on to the next query; returns each variant's runs.
+
+    Which variant goes first rotates from one query to the next: the first run of a query compiles code
+    that the next run of the same plan shape finds compiled, so a fixed order would favour the variants
+    that run later.
+    """
+    runs: list[list[QueryRun]] = [[] for _ in variants]
+    for turn, number in enumerate(queries):
+        for index in [(turn + offset) % len(variants) for offset in range(len(variants))]:
+            variant = variants[index]
+            if progress:
+                progress(f"{variant.label} {query_label(number)}".strip())
+            runs[index].append(_run_one(ctx, variant, number))
+    for variant, variant_runs in zip(variants, runs):
+        write_times(variant.output_dir, variant_runs)
+    return runs
 
 
 def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: str, queries: Sequence[int], *,
@@ -95,32 +153,32 @@ def run_queries(ctx: PPMLContext, tables: Tables, output_dir: str, output_mode: 
     (decrypted) and compared value by value with it. ``spark_writer`` writes plaintext results with
     Spark's own CSV writer instead (the baseline).
     """
+    variant = Variant(tables, output_dir, output_mode, spark_writer=spark_writer, oracle=oracle)
+    return run_side_by_side(ctx, [variant], queries, progress=progress)[0]
+
+
+def _run_one(ctx: PPMLContext, variant: Variant, number: int) -> QueryRun:
+    """Query ``number`` in ``variant``: timed from building the plan to the written result, then checked."""
     from ppml.tpch.comparison import compare
 
-    runs: list[QueryRun] = []
-    for number in queries:
-        label = query_label(number)
-        if progress:
-            progress(label)
-        target = f"{output_dir.rstrip('/')}/{label}"
-        started = time.perf_counter()
-        df = run_query(number, tables.narrowed(COLUMNS_USED[number]))  # each table parses only what the query uses
-        if spark_writer:
-            df.write.mode("overwrite").option("header", True).csv(target)
-        else:
-            ctx.write(df, output_mode).mode("overwrite").option("header", True).csv(target)
-        seconds = time.perf_counter() - started
-        if spark_writer:
-            back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
-        else:
-            back = ctx.read(output_mode).option("header", True).schema(df.schema).csv(target).collect()
-        run = QueryRun(label, len(back), seconds)
-        if oracle is not None:
-            run.mismatches = compare(number, [tuple(r) for r in back], oracle.answer(number))
-            run.checked = True
-        runs.append(run)
-    write_times(output_dir, runs)
-    return runs
+    label = query_label(number)
+    target = f"{variant.output_dir.rstrip('/')}/{label}"
+    started = time.perf_counter()
+    df = run_query(number, variant.tables.narrowed(COLUMNS_USED[number]))  # each table parses only what it uses
+    if variant.spark_writer:
+        df.write.mode("overwrite").option("header", True).csv(target)
+    else:
+        ctx.write(df, variant.output_mode).mode("overwrite").option("header", True).csv(target)
+    seconds = time.perf_counter() - started
+    if variant.spark_writer:
+        back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
+    else:
+        back = ctx.read(variant.output_mode).option("header", True).schema(df.schema).csv(target).collect()
+    run = QueryRun(label, len(back), seconds)
+    if variant.oracle is not None:
+        run.mismatches = compare(number, [tuple(r) for r in back], variant.oracle.answer(number))
+        run.checked = True
+    return run
 
 
 def decrypted_oracle(input_dir: str, keyring, *, scale: float | None):
