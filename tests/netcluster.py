@@ -28,7 +28,9 @@ Faults: :meth:`Cluster.kill_host` (every process of a host dies at once), :meth:
 :meth:`Cluster.stop_storage`, :meth:`Cluster.kill_broker`, and workers started with a skewed clock
 (``faketime``). :meth:`Network.capture` records every packet on the bridge with tcpdump.
 
-Namespaces are named ``ppmlc-<tag>-<host>``; the tests use the tag ``t<pid>``, ``make cluster`` uses ``dev``.
+Namespaces are named ``ppmlc-<tag>-<host>``; the tests use the tags ``t<pid>`` and ``d<pid>``, ``make cluster``
+uses ``dev``. :meth:`Network.destroy` stops every process in them and deletes them (with the veth pairs, whose
+two ends live in them), and raises if anything is left.
 :func:`sweep_stale` removes the namespaces (and their processes) of test runs whose process is gone, so a
 crashed run never blocks the next one. For people::
 
@@ -118,24 +120,29 @@ def missing_tools() -> list[str]:
     return [package for command, package in needed.items() if shutil.which(command) is None]
 
 
-def _namespaces() -> list[str]:
+def namespaces() -> list[str]:
+    """The names of this machine's network namespaces."""
     return [line.split()[0] for line in _ip("netns", "list").stdout.splitlines() if line.strip()]
 
 
 def sweep_stale() -> list[str]:
     """Remove the namespaces (and their processes) of test runs whose process no longer exists."""
     removed = []
-    for name in _namespaces():
-        match = re.fullmatch(rf"{PREFIX}(?:t|probe)(\d+)(-.*)?", name)
+    for name in namespaces():
+        match = re.fullmatch(rf"{PREFIX}(?:t|d|probe)(\d+)(-.*)?", name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             _remove_namespace(name)
             removed.append(name)
     return removed
 
 
-def _remove_namespace(name: str) -> None:
+def _remove_namespace(name: str) -> list[int]:
+    """Stop every process of namespace ``name`` (SIGTERM, then SIGKILL) and delete it, with its veth ends;
+    returns the ids of the processes it had."""
+    seen: set[int] = set()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
+        seen.update(pids)
         for pid in pids:
             try:
                 os.kill(pid, sig)
@@ -145,6 +152,16 @@ def _remove_namespace(name: str) -> None:
         while pids and time.monotonic() < deadline and _ip("netns", "pids", name, check=False).stdout.split():
             time.sleep(0.1)
     _ip("netns", "del", name, check=False)
+    return sorted(seen)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists and is not a zombie waiting for its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 class Network:
@@ -179,9 +196,18 @@ class Network:
         subprocess.run(["ip", "netns", "exec", name, "sh", "-c", off], check=True)
 
     def destroy(self) -> None:
-        mine = [n for n in _namespaces() if n.startswith(f"{PREFIX}{self.tag}-")]
-        for name in mine:
-            _remove_namespace(name)
+        """Stop every process on the hosts and the switch and delete their namespaces (the veth pairs go with
+        them: both ends live in these namespaces). Raises ``RuntimeError`` naming anything left behind."""
+        mine = [n for n in namespaces() if n.startswith(f"{PREFIX}{self.tag}-")]
+        pids = [pid for name in mine for pid in _remove_namespace(name)]
+        try:
+            wait_for(lambda: not any(map(process_alive, pids)), 10, "the cluster's processes to exit")
+        except TimeoutError:
+            pass
+        left = {"namespaces": [n for n in namespaces() if n.startswith(f"{PREFIX}{self.tag}-")],
+                "processes": [pid for pid in pids if process_alive(pid)]}
+        if any(left.values()):
+            raise RuntimeError(f"the cluster {self.tag} was not torn down completely: {left}")
 
     # -- processes ------------------------------------------------------------------------------------
 
@@ -650,7 +676,7 @@ class Cluster:
         argv = [str(Path(sys.executable).with_name("ppml")), "tpch", "run", INPUT, out, "aes_gcm_stream",
                 "aes_gcm_stream", *map(str, queries), "--check", "--plaintext", str(self.plain),
                 "--data-key", str(self.data_key_file), "--master", self.master_url,
-                "--auth-secret-file", str(self.auth_secret_file), "--scale", "0.01", "--json"]
+                "--auth-secret-file", str(self.auth_secret_file), "--scale", "0.01", "--json", "--no-warm-up"]
         for key, value in {**SPARK_CONF, **(conf or {})}.items():
             argv += ["--conf", f"{key}={value}"]
         stdout, stderr = self.root / "client" / "logs" / f"{name}.out", self.log("client", name)

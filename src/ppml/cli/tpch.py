@@ -186,6 +186,8 @@ def run(
         "--scale", help="Scale factor of the data (Q11's parameter depends on it) [default: 1, or the one "
                         "recorded by 'ppml tpch gen' next to the plaintext].")] = None,
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Parse every column (to measure pruning).")] = False,
+    no_warm_up: Annotated[bool, typer.Option(
+        "--no-warm-up", help="Start the first query at once (its timing then includes Spark's start-up).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run TPC-H queries (BigDL's argument order) on encrypted tables; results written encrypted.
@@ -211,7 +213,8 @@ def run(
         args = [input_dir, output_dir, input_mode, output_mode, *(queries or [])]
         for flag, value in (("--data-key", data_key), ("--plaintext", plaintext), ("--scale", scale)):
             args += [flag, str(value)] if value is not None else []
-        args += [flag for flag, on in (("--check", check), ("--no-prune", no_prune), ("--json", as_json)) if on]
+        args += [flag for flag, on in (("--check", check), ("--no-prune", no_prune), ("--no-warm-up", no_warm_up),
+                                       ("--json", as_json)) if on]
         _submit_to_kubernetes(master, [*args, *key_arguments(keys)], conf, kube)
         return
     if scale is None:
@@ -225,7 +228,8 @@ def run(
         variant = Variant(ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune), output_dir,
                           output_mode, oracle=oracle)
         with err.status("warming up") as status:
-            warm_up(ctx, variant)
+            if not no_warm_up:
+                warm_up(ctx, variant)
             [runs] = run_side_by_side(ctx, [variant], numbers,
                                       progress=lambda label: status.update(f"running {label}"))
     finally:
