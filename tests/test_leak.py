@@ -122,6 +122,8 @@ def test_no_plaintext_outside_encrypted_outputs(tpch_plain, tmp_path):
         with open_decrypted(str(part), keyring=ring) as plaintext:
             decrypted += plaintext.read()
     assert canary.encode() in decrypted
+    record = json.loads(next((results / "Q10" / "_ppml_provenance").glob("v*.json")).read_text())
+    assert record["query"]["label"] == "TPC-H Q10" and canary not in json.dumps(record)
 
     assert any(p.startswith(str(dirs["events"])) for p in watcher.seen), "no event log was written"
     assert any("shuffle" in p for p in watcher.seen), "no shuffle file was seen while the job ran"

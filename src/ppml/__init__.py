@@ -13,7 +13,8 @@ inside the process that needs it and write their results encrypted. The safe rec
     ppml.verify("enc/", keys=keys).failures           # [] when every byte is authentic
 
 ``ppml.PPMLContext`` reads and writes encrypted data from PySpark (needs ``ppml[spark]``);
-``ppml.AzureStorageSettings`` names Azure storage credentials by source for it. Raw data keys,
+``ppml.AzureStorageSettings`` names Azure storage credentials by source for it. ``ppml.ml`` trains and scores
+on encrypted data and keeps models encrypted at rest (needs ``ppml[ml]``). Raw data keys,
 envelopes, key rings and codecs are in :mod:`ppml.hazmat`; errors in :mod:`ppml.errors`.
 """
 
@@ -24,7 +25,7 @@ import importlib
 __version__ = "0.1.0"
 
 __all__ = ["open", "encrypt", "decrypt", "verify", "inspect", "create_data_key", "KeySettings",
-           "AzureStorageSettings", "PPMLContext", "__version__"]
+           "AzureStorageSettings", "PPMLContext", "ml", "__version__"]
 
 # Imported on first use, so that `import ppml` (and the command line's start) stays cheap.
 _LAZY = {
@@ -41,6 +42,8 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name == "ml":  # a subpackage, imported on first use like everything else here
+        return importlib.import_module("ppml.ml")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ppml' has no attribute {name!r}")

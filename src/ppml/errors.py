@@ -11,6 +11,8 @@ code  class                   meaning
 ====  ======================  =====================================================================
 1     PpmlError               any other failure
 2     UsageError              wrong arguments or options
+2     WrongModelError         a model file is not a ppml model, or holds another library's model
+2     SchemaMismatchError     data does not have the columns (or types) a model was fitted on
 3     NotFoundError           a file, key store, key or key version does not exist
 4     IntegrityError          ciphertext or header fails authentication (tampered, truncated, ...)
 4     CorruptHeaderError      a file's header cannot be parsed
@@ -27,6 +29,8 @@ from __future__ import annotations
 __all__ = [
     "PpmlError",
     "UsageError",
+    "WrongModelError",
+    "SchemaMismatchError",
     "NotFoundError",
     "IntegrityError",
     "CorruptHeaderError",
@@ -71,6 +75,18 @@ class PpmlError(Exception):
 class UsageError(PpmlError):
     code = "usage"
     exit_code = 2
+
+
+class WrongModelError(UsageError):
+    """A file is authentic but is not a ppml model file, or holds a model of another library or kind."""
+
+    code = "wrong-model"
+
+
+class SchemaMismatchError(UsageError):
+    """Data to score does not match the feature columns (names or types) recorded with the model."""
+
+    code = "schema-mismatch"
 
 
 class NotFoundError(PpmlError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from ppml.errors import ConfigError, UsageError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "lazy_exports"]
 
 T = TypeVar("T")
 
@@ -113,3 +113,22 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Every registered name (aliases excluded), sorted case-insensitively."""
         return sorted(self._names().values(), key=str.lower)
+
+
+def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` for ``names`` (name -> module), each imported on first use,
+    so that importing the package imports none of them."""
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str) -> Any:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(names))
+
+    return __getattr__, __dir__

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from ppml import __version__, errors
-from ppml.cli import attest, azure, broker, cp, data, deploy, keys, provenance, submit, tpch
+from ppml.cli import attest, azure, broker, cp, data, deploy, keys, ml, provenance, submit, tpch
 from ppml.cli._common import err
 from ppml.cli.demo import demo
 from ppml.errors import EXIT_CODES, PpmlError
@@ -35,6 +35,7 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(attest.app, name="attest")
 app.add_typer(provenance.app, name="provenance")
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(ml.app, name="ml")
 data.register(app)
 cp.register(app)
 submit.register(app)

@@ -124,14 +124,18 @@ class FilteringPpmlReader(PpmlReader):
         return left
 
 
-def _counted(open_batches: Callable[[], Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+def _counted(open_batches: Callable[[], pa.RecordBatchReader]) -> Iterator[pa.RecordBatch]:
     """The batches ``open_batches()`` reads, turning Arrow's parse errors (which quote data, and come from
-    opening as well as reading) into :class:`ParseFailure` with the count of rows parsed before."""
+    opening as well as reading) into :class:`ParseFailure` with the count of rows parsed before.
+
+    The reader is closed before its file even when the task stops early (a ``LIMIT``): it reads ahead on a
+    thread of its own."""
     rows = 0
     try:
-        for batch in open_batches():
-            rows += batch.num_rows
-            yield batch
+        with open_batches() as batches:
+            for batch in batches:
+                rows += batch.num_rows
+                yield batch
     except pa.ArrowInvalid as exc:
         raise ParseFailure(str(exc), rows) from None
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import functools
 import glob as _glob
-import io
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from pyspark.sql.datasource import InputPartition
 
@@ -25,6 +23,7 @@ from ppml.errors import IntegrityError, NotFoundError
 from ppml.io.azure import AzureStorageSettings
 from ppml.io.datasets import check_member, check_read
 from ppml.io.files import describe
+from ppml.io.lines import LineRange
 from ppml.io.storage import Location, locate
 from ppml.keys.keyring import KeyRing
 
@@ -156,44 +155,3 @@ def _header(location: Location, version: tuple[str, ...], format_name: str) -> F
     ETag) is read again.
     """
     return describe(location, get_format(format_name))
-
-
-class LineRange(io.RawIOBase):
-    """The bytes of the lines a split owns, read from a seekable plaintext stream.
-
-    Lines starting at positions ``<= end`` belong to the split, except the first line when ``start > 0``
-    (it belongs to the previous split).
-    """
-
-    def __init__(self, source: BinaryIO, start: int, end: int) -> None:
-        super().__init__()
-        self._source = source
-        self._end = end
-        source.seek(start)
-        if start > 0:
-            source.readline()
-        self._pos = source.tell()
-        self._done = self._pos > end
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._done:
-            return 0
-        view = memoryview(buffer).cast("B")
-        if self._pos < self._end:
-            data = self._source.read(min(len(view), self._end - self._pos))
-        else:
-            # Past the end: finish the line that holds byte `end`.
-            data = self._source.read(min(len(view), 64 * 1024))
-            cut = data.find(b"\n")
-            if cut >= 0:
-                data = data[: cut + 1]
-                self._done = True
-        if not data:
-            self._done = True
-            return 0
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)

@@ -168,7 +168,8 @@ def _run_one(ctx: PPMLContext, variant: Variant, number: int) -> QueryRun:
     if variant.spark_writer:
         df.write.mode("overwrite").option("header", True).csv(target)
     else:
-        ctx.write(df, variant.output_mode).mode("overwrite").option("header", True).csv(target)
+        writer = ctx.write(df, variant.output_mode).label(f"TPC-H {label}")
+        writer.mode("overwrite").option("header", True).csv(target)
     seconds = time.perf_counter() - started
     if variant.spark_writer:
         back = ctx.spark.read.option("header", True).schema(df.schema).csv(target).collect()
