@@ -409,7 +409,8 @@ def builder():
 spark = secure_session(builder())
 conf = dict(spark.sparkContext.getConf().getAll())
 print(conf.get("spark.authenticate"), conf.get("spark.network.crypto.enabled"), "spark.authenticate.secret" in conf)
-print(spark.range(10).count())
+print(spark.range(10).hint("broadcast").count())  # a broadcast mark outside a join, as ppml sets on small reads
+spark.range(1).hint("nosuchhint").count()  # a hint problem of the user's own
 spark.stop()
 print("SECOND SESSION", file=sys.stderr, flush=True)
 spark = secure_session(builder().config("spark.network.crypto.enabled", "false"))
@@ -432,8 +433,10 @@ def test_a_local_session_logs_no_false_alarm_and_keeps_the_true_one(tmp_path):
     first, _, second = done.stderr.partition("SECOND SESSION")
     alarm = "I/O encryption enabled without RPC encryption"
     assert alarm not in first and alarm in second
-    for noise in ("NativeCodeLoader", "Using Spark's default log4j profile", "Setting default log level"):
+    for noise in ("NativeCodeLoader", "Using Spark's default log4j profile", "Setting default log level",
+                  "(strategy=broadcast) is specified but it is not part of a join relation"):
         assert noise not in done.stderr
+    assert "Unrecognized hint: nosuchhint()" in first  # hints users write themselves are still checked
 
 
 def test_key_service_options_reach_executors_as_settings_without_secrets():

@@ -7,9 +7,11 @@ warning that I/O encryption keys would be visible on a wire that does not exist.
 masters (executor processes on loopback, Spark's test mode) are left as they are: Spark needs a shared
 secret for them and warns, truthfully, when their RPC is not encrypted.
 
-When the session starts its own JVM, the driver logs through ppml's ``log4j2.properties`` (Spark's own
-defaults, without Hadoop's notice that its native library is missing) unless logging is configured
-already, in the Spark configuration folder or in ``spark.driver.extraJavaOptions``.
+When the session starts its own JVM, the driver logs through ppml's ``log4j2.properties`` unless logging
+is configured already, in the Spark configuration folder or in ``spark.driver.extraJavaOptions``: Spark's
+own defaults, without Hadoop's notice that its optional native library is missing, without Spark's notices
+about broadcast marks ppml sets (see :mod:`ppml.spark.sizing`) where they cannot be used, and without the
+notice that another application holds the web UI's port.
 """
 
 from __future__ import annotations

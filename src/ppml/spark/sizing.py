@@ -4,7 +4,9 @@ Spark knows how many bytes a file scan reads. It cuts the files into about as ma
 has cores (``FilePartition.maxSplitBytes``), and it broadcasts a join side whose estimated size, the files'
 size times the share of the row's width that is read, is under ``spark.sql.autoBroadcastJoinThreshold``.
 A Python data source reports no size, so without these numbers a small table is read by one task and
-never broadcast. :class:`~ppml.spark.context.PPMLContext` reads apply the same rules to the stored sizes.
+never broadcast. :class:`~ppml.spark.context.PPMLContext` reads apply the same rules to the stored sizes;
+a broadcast mark that cannot be used (a read that is not joined, the kept side of an outer join) changes
+nothing, as for a file.
 """
 
 from __future__ import annotations

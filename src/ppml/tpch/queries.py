@@ -500,8 +500,10 @@ def q22(p: _Ctx, customer: DataFrame, orders: DataFrame) -> DataFrame:
     codes = list(p.params["CODES"])  # type: ignore[call-overload]
     customers = (customer.select("c_custkey", F.substring("c_phone", 1, 2).alias("cntrycode"), "c_acctbal")
                  .filter(_c("cntrycode").isin(codes)))
-    average = customers.filter(_c("c_acctbal") > 0.0).agg(F.avg("c_acctbal").alias("avg_acctbal"))
-    return (customers.crossJoin(average)
+    # The subquery's average as a window over the same rows, so customer is read once (Spark does not reuse
+    # a Python data source scan between a separate aggregate and a cross join); one partition, as for Q15.
+    positive = F.when(_c("c_acctbal") > 0.0, _c("c_acctbal"))
+    return (customers.withColumn("avg_acctbal", F.avg(positive).over(Window.partitionBy(F.lit(0))))
             .filter(_c("c_acctbal") > _c("avg_acctbal"))
             .join(orders, _c("c_custkey") == _c("o_custkey"), "left_anti")
             .groupBy("cntrycode")
