@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,9 @@ def sweep_stale() -> list[str]:
     return removed
 
 
-def _remove_namespace(name: str) -> list[int]:
-    """Stop every process of namespace ``name`` (SIGTERM, then SIGKILL) and delete it, with its veth ends;
-    returns the ids of the processes it had."""
+def _remove_namespace(name: str, grace: float = 10.0) -> list[int]:
+    """Stop every process of namespace ``name`` (SIGTERM, then SIGKILL after ``grace`` seconds) and delete it,
+    with its veth ends; returns the ids of the processes it had."""
     seen: set[int] = set()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
@@ -148,7 +149,7 @@ def _remove_namespace(name: str) -> list[int]:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline and _ip("netns", "pids", name, check=False).stdout.split():
             time.sleep(0.1)
     _ip("netns", "del", name, check=False)
@@ -165,10 +166,13 @@ def process_alive(pid: int) -> bool:
 
 
 class Network:
-    """The seven namespaces of one cluster; :meth:`create` builds them, :meth:`destroy` removes every trace."""
+    """The seven namespaces of one cluster; :meth:`create` builds them, :meth:`destroy` removes every trace.
 
-    def __init__(self, tag: str) -> None:
+    ``grace``: seconds :meth:`destroy` gives a process between SIGTERM and SIGKILL."""
+
+    def __init__(self, tag: str, *, grace: float = 10.0) -> None:
         self.tag = tag
+        self.grace = grace
         self.switch = self.ns("switch")
 
     def ns(self, host: str) -> str:
@@ -199,7 +203,7 @@ class Network:
         """Stop every process on the hosts and the switch and delete their namespaces (the veth pairs go with
         them: both ends live in these namespaces). Raises ``RuntimeError`` naming anything left behind."""
         mine = [n for n in namespaces() if n.startswith(f"{PREFIX}{self.tag}-")]
-        pids = [pid for name in mine for pid in _remove_namespace(name)]
+        pids = [pid for name in mine for pid in _remove_namespace(name, self.grace)]
         try:
             wait_for(lambda: not any(map(process_alive, pids)), 10, "the cluster's processes to exit")
         except TimeoutError:
@@ -341,9 +345,14 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 
 # -- the cluster ------------------------------------------------------------------------------------------
 
+#: Options of every JVM on the cluster (daemons, drivers, executors). They are short-lived and share two cores:
+#: the quick compiler only, and one garbage-collector thread, spend less CPU on starting than on what it saves.
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 #: Settings of every Spark application on the cluster: fixed ports (so captures can name flows), one core and
-#: a small heap per executor, and no driver UI.
+#: a small heap per executor, no driver UI, and :data:`JVM_OPTIONS`.
 SPARK_CONF = {
+    "spark.driver.extraJavaOptions": JVM_OPTIONS,
+    "spark.executor.extraJavaOptions": JVM_OPTIONS,
     "spark.cores.max": "2",
     "spark.executor.memory": "768m",
     "spark.ui.enabled": "false",
@@ -392,11 +401,14 @@ class Cluster:
     stopped; :meth:`stop` removes every namespace and process.
     """
 
-    def __init__(self, root: Path, tag: str) -> None:
+    def __init__(self, root: Path, tag: str, *, storage_backoff: float | None = None) -> None:
+        """``storage_backoff``: seconds the Azure SDK waits before each retry of a storage request in the
+        cluster's processes (``tests/netcluster_site``); ``None`` keeps the SDK's own back-off (15 s + 3^n s)."""
         import pyspark
         from conftest import AZURITE_DIR
 
         self.root = root.resolve()
+        self.storage_backoff = storage_backoff
         self.net = Network(tag)
         self.processes: dict[str, subprocess.Popen] = {}
         self.spark_home = Path(pyspark.__file__).parent
@@ -438,6 +450,9 @@ class Cluster:
                "SPARK_HOME": str(self.spark_home), "PYSPARK_PYTHON": sys.executable}
         if "JAVA_HOME" in os.environ:
             env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+        if self.storage_backoff is not None:
+            env["PYTHONPATH"] = f"{REPO / 'tests' / 'netcluster_site'}{os.pathsep}{env['PYTHONPATH']}"
+            env["PPML_TEST_STORAGE_BACKOFF"] = str(self.storage_backoff)
         if host in ("client", *WORKERS):
             env.update(AZURE_STORAGE_CONNECTION_STRING=self.connection_string, PPML_BROKER_URL=self.broker_url,
                        PPML_BROKER_CA=str(self.pki.ca_path), PPML_BROKER_ATTESTER="simulated",
@@ -460,9 +475,14 @@ class Cluster:
         self.auth_secret_file.write_text(secrets.token_hex(32))
         self.auth_secret_file.chmod(0o600)
         self._make_keys()
-        for host, start in self._starters().items():
-            if host in services:
-                start()
+        # Storage, broker and master need nothing of each other; the workers need the master. Each group
+        # starts at once (their JVMs and Node start in parallel).
+        starters = self._starters()
+        for group in (("storage", "broker", "master"), WORKERS):
+            with ThreadPoolExecutor(len(group)) as pool:
+                started = [pool.submit(starters[host]) for host in group if host in services]
+                for future in started:
+                    future.result()
         return self
 
     def _starters(self) -> dict[str, Callable[[], None]]:
@@ -601,7 +621,7 @@ class Cluster:
         # answering is given up after 10 s, not Spark's default 60 s (workers beat every timeout / 4).
         daemon = (f"-Dspark.authenticate=true -Dspark.authenticate.secret={secret} "
                   "-Dspark.network.crypto.enabled=true -Dspark.network.crypto.cipher=AES/GCM/NoPadding "
-                  "-Dspark.worker.timeout=10")
+                  f"-Dspark.worker.timeout=10 {JVM_OPTIONS}")
         return self.env(host, SPARK_LOG_DIR=str(self.root / host / "logs"), SPARK_DAEMON_JAVA_OPTS=daemon,
                         SPARK_LOCAL_DIRS=str(self.root / host / "tmp"),
                         SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false")
@@ -727,7 +747,7 @@ def up(folder: Path, scale: float) -> None:
     _host_scripts(cluster, folder)
     ppml = Path(sys.executable).with_name("ppml")
     hosts = "\n".join(f"  {h:<8} {address(h):<12} {cluster.net.ns(h)}" for h in HOSTS)
-    conf = " ".join(f"--conf {k}={v}" for k, v in SPARK_CONF.items())
+    conf = " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_CONF.items())
     print(f"""The ppml test cluster is up; its files are in {folder}.
 
 {hosts}

@@ -86,7 +86,8 @@ def cluster(tmp_path_factory, tpch_plain, cluster_slot):
         pytest.fail(f"the cluster tests need the Debian packages {missing}: run `make system-packages` "
                     "(scripts/setup.sh system)")
     root = tmp_path_factory.mktemp("netcluster")
-    cluster = Cluster(root, f"t{os.getpid()}")
+    # A request to stopped storage fails after the Azure SDK's 3 retries 1 s apart, not 15 s + 3^n s apart.
+    cluster = Cluster(root, f"t{os.getpid()}", storage_backoff=1)
     # A CI time-out stops the run with SIGTERM, which would end this process without tearing the cluster down:
     # as an interrupt, pytest still runs this fixture's clean-up.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -160,7 +161,7 @@ def _releases_since(cluster: Cluster, started: float) -> list[dict]:
 def test_a_torn_down_network_leaves_no_namespace_process_or_link(tmp_path):
     """Tear-down stops every process on the hosts (one ignoring SIGTERM, one with a child) and removes every
     namespace and veth, and says so if it cannot (the module's cluster is checked the same way at its end)."""
-    net = Network(f"d{os.getpid()}")
+    net = Network(f"d{os.getpid()}", grace=1)  # SIGKILL 1 s after SIGTERM (10 s by default)
     started = []
     try:
         net.create()
@@ -357,8 +358,8 @@ def test_latency_and_loss_on_a_workers_link(healthy, tmp_path):
 def test_a_worker_cut_off_from_the_network(healthy):
     """worker2's cable is pulled mid-query: its executor is declared lost after the network timeout, its work
     is done again on worker1, and the answers match."""
-    conf = {**NO_BROADCAST, **_event_log(healthy), "spark.network.timeout": "20s", "spark.network.timeoutInterval": "5s",
-            "spark.executor.heartbeatInterval": "2s", "spark.shuffle.io.maxRetries": "1", "spark.shuffle.io.retryWait": "1s"}
+    conf = {**NO_BROADCAST, **_event_log(healthy), "spark.network.timeout": "12s", "spark.network.timeoutInterval": "2s",
+            "spark.executor.heartbeatInterval": "1s", "spark.shuffle.io.maxRetries": "1", "spark.shuffle.io.retryWait": "1s"}
     job = healthy.tpch(f"abfs://{CONTAINER}/results/cut", [3], name="cut", conf=conf)
     try:
         wait_for(lambda: _holds_map_output(healthy, "worker2", job) or job.process.poll() is not None, 600,
@@ -432,9 +433,9 @@ def test_the_broker_killed_mid_run_and_restarted(healthy):
 
 
 def test_storage_stopped_during_a_write(healthy):
-    """Azurite stops while a task writes its part: the task fails after the Azure SDK's retries, the job fails
-    with an error naming the storage account, and the previous output of that query (the capture run's, when
-    it ran first) is exactly as it was."""
+    """Azurite stops while a task writes its part: the task fails after the Azure SDK's retries (3, about 2 s
+    apart here: ``storage_backoff``), the job fails with an error naming the storage account, and the previous
+    output of that query (the capture run's, when it ran first) is exactly as it was."""
     out = f"abfs://{CONTAINER}/results/capture"
     listing = ("import adlfs, json, os; fs = adlfs.AzureBlobFileSystem(connection_string=os.environ["
                "'AZURE_STORAGE_CONNECTION_STRING']); print(json.dumps({p: [i['size'], str(i['etag'])] for p, i in "
