@@ -349,7 +349,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 #: the quick compiler only, and one garbage-collector thread, spend less CPU on starting than on what it saves.
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 #: Settings of every Spark application on the cluster: fixed ports (so captures can name flows), one core and
-#: a small heap per executor, no driver UI, and :data:`JVM_OPTIONS`.
+#: a small heap per executor, no driver UI, no locality wait, and :data:`JVM_OPTIONS`.
 SPARK_CONF = {
     "spark.driver.extraJavaOptions": JVM_OPTIONS,
     "spark.executor.extraJavaOptions": JVM_OPTIONS,
@@ -361,6 +361,8 @@ SPARK_CONF = {
     "spark.driver.blockManager.port": str(PORTS["driver blocks"]),
     "spark.blockManager.port": str(PORTS["executor blocks"]),
     "spark.sql.shuffle.partitions": "2",  # one task per executor and stage: scale 0.01 needs no more
+    # A task goes to the first free executor: no waiting (3 s by default) for the one holding more of its input.
+    "spark.locality.wait": "0s",
 }
 
 

@@ -48,7 +48,7 @@ from netcluster import (
     process_alive,
     wait_for,
 )
-from wire import forms, read_capture
+from wire import forms, read_capture, tls_records
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
@@ -205,14 +205,17 @@ def _found(capture, needles: list[bytes]) -> list[str]:
 
 
 def _assert_tls_only(capture, service: str) -> None:
-    """Every connection to and from ``service`` starts with a TLS handshake and carries no HTTP in the clear."""
+    """Every connection to and from ``service`` starts with a TLS handshake record and is TLS records from its
+    first byte to its last, and what TLS leaves in clear (record headers, handshake) carries no HTTP."""
     port = PORTS[service]
     streams = {f: d for f, d in capture.streams.items() if port in (f.sport, f.dport)}
     assert streams, f"no traffic to {service} was captured"
     for flow, data in streams.items():
         assert data[:1] == b"\x16", f"{describe(flow)} does not start with a TLS handshake record"
+        broken, clear = tls_records(data)
+        assert broken is None, f"{describe(flow)} is not TLS records throughout: {broken}"
         for marker in (b"HTTP/1.", b"POST /", b"GET /", b"PUT /", b"/v1/", b"x-ms-"):
-            assert marker not in data, f"{marker!r} in clear text on {describe(flow)}"
+            assert marker not in clear, f"{marker!r} in clear text on {describe(flow)}"
 
 
 def test_nothing_secret_crosses_the_wire_during_a_full_tpch_run(healthy, tmp_path):

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Capture", "Flow", "forms", "read_capture"]
+__all__ = ["Capture", "Flow", "forms", "read_capture", "tls_records"]
 
 _ETHERNET = 1  # pcap link type
 _IPV4, _ARP = 0x0800, 0x0806
@@ -67,6 +67,38 @@ def forms(secret: bytes) -> list[bytes]:
     encoded = [secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret),
                base64.urlsafe_b64encode(secret)]
     return list(dict.fromkeys(encoded + [e.rstrip(b"=") for e in encoded]))
+
+
+#: TLS record content types: change_cipher_spec, alert, handshake, application_data.
+_TLS_CLEAR_TYPES, _TLS_APPLICATION_DATA = (20, 21, 22), 23
+_TLS_MAX_RECORD = 2**14 + 2048  # a TLSCiphertext's longest fragment (RFC 5246, 6.2.3)
+
+
+def tls_records(stream: bytes) -> tuple[str | None, bytes]:
+    """Walk ``stream`` as TLS records from its first byte to its last.
+
+    Returns what breaks the framing (``None`` when nothing does: every byte belongs to a record) and the bytes
+    TLS leaves in clear: each record's header and the bodies of records other than application data. Searching
+    those, not the application data (ciphertext, where any 4-byte string turns up by chance about once in 4 GB),
+    is what can tell cleartext on the wire.
+    """
+    if not stream:
+        return "no bytes", b""
+    clear, offset = bytearray(), 0
+    while offset < len(stream):
+        header = stream[offset:offset + 5]
+        if len(header) < 5:
+            return f"{len(header)} bytes after the last record", bytes(clear)
+        kind, major, minor, length = header[0], header[1], header[2], int.from_bytes(header[3:5], "big")
+        if kind not in (*_TLS_CLEAR_TYPES, _TLS_APPLICATION_DATA) or major != 3 or minor > 4 or length > _TLS_MAX_RECORD:
+            return f"no TLS record header at byte {offset}: {header!r}", bytes(clear)
+        if offset + 5 + length > len(stream):
+            return f"the record at byte {offset} is cut short", bytes(clear)
+        clear += header
+        if kind != _TLS_APPLICATION_DATA:
+            clear += stream[offset + 5:offset + 5 + length]
+        offset += 5 + length
+    return None, bytes(clear)
 
 
 def _frames(data: bytes):
