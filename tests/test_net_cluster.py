@@ -86,7 +86,7 @@ def cluster(tmp_path_factory, tpch_plain, cluster_slot):
         pytest.fail(f"the cluster tests need the Debian packages {missing}: run `make system-packages` "
                     "(scripts/setup.sh system)")
     root = tmp_path_factory.mktemp("netcluster")
-    # A request to stopped storage fails after the Azure SDK's 3 retries 1 s apart, not 15 s + 3^n s apart.
+    # A request to stopped storage fails after the Azure SDK's 3 retries about 2 s apart, not 15 s + 3^n s apart.
     cluster = Cluster(root, f"t{os.getpid()}", storage_backoff=1)
     # A CI time-out stops the run with SIGTERM, which would end this process without tearing the cluster down:
     # as an interrupt, pytest still runs this fixture's clean-up.
