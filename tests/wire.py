@@ -90,7 +90,8 @@ def tls_records(stream: bytes) -> tuple[str | None, bytes]:
         if len(header) < 5:
             return f"{len(header)} bytes after the last record", bytes(clear)
         kind, major, minor, length = header[0], header[1], header[2], int.from_bytes(header[3:5], "big")
-        if kind not in (*_TLS_CLEAR_TYPES, _TLS_APPLICATION_DATA) or major != 3 or minor > 4 or length > _TLS_MAX_RECORD:
+        known = kind in (*_TLS_CLEAR_TYPES, _TLS_APPLICATION_DATA) and major == 3 and minor <= 4
+        if not known or length > _TLS_MAX_RECORD:
             return f"no TLS record header at byte {offset}: {header!r}", bytes(clear)
         if offset + 5 + length > len(stream):
             return f"the record at byte {offset} is cut short", bytes(clear)
