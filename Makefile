@@ -17,7 +17,9 @@ JVM_STAMP := src/ppml/parquet/java/build/.built
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: setup system-packages run test bench clean
+CLUSTER_DIR ?= /tmp/ppml-cluster
+
+.PHONY: setup system-packages run test test-cluster cluster cluster-down bench clean
 
 setup: $(STAMP) $(JVM_STAMP)
 
@@ -39,8 +41,8 @@ $(CHECKOV): scripts/setup.sh
 	PYTHON=$(PYTHON) bash scripts/setup.sh checkov
 	touch $@
 
-# SoftHSM2, swtpm, tpm2-tools and Redis (Debian packages, needs root or sudo) for the HSM, attestation and
-# broker replica tests.
+# SoftHSM2, swtpm, tpm2-tools and Redis for the HSM, attestation and broker replica tests; iproute2,
+# tcpdump, faketime and iptables for the cluster tests (Debian packages, needs root or sudo).
 system-packages:
 	bash scripts/setup.sh system
 
@@ -49,6 +51,18 @@ run: setup
 
 test: setup $(AZURITE) $(CHECKOV) system-packages
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# Only the tests on the network-namespace cluster (tests/test_net_cluster.py; need root). `make test` runs them too.
+test-cluster: setup $(AZURITE) system-packages
+	$(PY) -m pytest -m cluster -q
+
+# A test cluster for people: storage, key broker, Spark master, two workers and a client on their own network
+# hosts (network namespaces, needs root), with encrypted TPC-H loaded; prints how to use it.
+cluster: setup $(AZURITE) system-packages
+	$(PY) tests/netcluster.py up --dir $(CLUSTER_DIR)
+
+cluster-down:
+	$(PY) tests/netcluster.py down --dir $(CLUSTER_DIR)
 
 bench: setup
 	$(PY) benchmarks/crypto_throughput.py

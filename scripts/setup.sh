@@ -6,9 +6,10 @@
 #                                   (skipped when the pinned version is already there; `make test`)
 #   bash scripts/setup.sh jvm       ppml's parquet-java key client (javac against pyspark's jars; skipped
 #                                   when the jar of the current source is there; `make run`, `make test`)
-#   bash scripts/setup.sh system    the Debian packages the HSM, attestation and broker replica tests run
-#                                   against (SoftHSM2, swtpm, tpm2-tools, Redis; skipped when their commands
-#                                   are there; `make test`)
+#   bash scripts/setup.sh system    the Debian packages the HSM, attestation, broker replica and cluster tests
+#                                   run against (SoftHSM2, swtpm, tpm2-tools, Redis; iproute2, tcpdump, faketime
+#                                   and iptables for the network-namespace cluster); skipped when their
+#                                   commands are there; `make test`
 #   bash scripts/setup.sh checkov   checkov, in its own virtual environment .venv-checkov (its pinned
 #                                   dependencies conflict with the project's); the deployment tests run it
 #                                   (`make test`)
@@ -48,7 +49,8 @@ install_azurite() {
 }
 
 # command each test needs -> Debian package providing it
-SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools redis-server:redis-server"
+SYSTEM_PACKAGES="softhsm2-util:softhsm2 swtpm:swtpm swtpm_setup:swtpm-tools tpm2_quote:tpm2-tools
+redis-server:redis-server tcpdump:tcpdump faketime:faketime iptables:iptables ip:iproute2"
 
 install_system_packages() {
     local entry missing=()
@@ -67,7 +69,7 @@ install_system_packages() {
         sudo -n apt-get update -qq
         sudo -n env DEBIAN_FRONTEND=noninteractive "${install[@]}" >/dev/null
     else
-        echo "setup: error: the HSM and attestation tests need the Debian packages: ${missing[*]}" >&2
+        echo "setup: error: the HSM, attestation and cluster tests need the Debian packages: ${missing[*]}" >&2
         echo "setup:        this user is not root and cannot sudo without a password; install them with" >&2
         echo "setup:        sudo apt-get install ${missing[*]}   and run 'make test' again" >&2
         exit 1

@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+#: The longest test file first: ``make test`` runs ``pytest -n 2 --dist loadfile``, which hands out files in
+#: collection order, and the cluster of network hosts started last would be the run's long tail.
+_FIRST = ("test_net_cluster.py",)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: item.path.name not in _FIRST)  # stable: every other file keeps its order
+
 
 @pytest.fixture
 def tree_kms(tmp_path):
@@ -87,6 +95,22 @@ def spark_keys(tmp_path):
     settings = KeySettings(keystore=str(tmp_path / "ks.json"), passphrase=f"file:{password_file}")
     return {"kms": kms, "keystore": str(tmp_path / "ks.json"), "password_file": str(password_file),
             "data_key": str(tmp_path / "dk.json"), "key": key, "settings": settings}
+
+
+@pytest.fixture(scope="module")
+def cluster_slot(request, tmp_path_factory):
+    """Held by a module while it runs a Spark cluster, so that under ``pytest -n 2`` (which ``make test`` runs
+    with ``--dist loadfile``, where ``xdist_group`` does not apply) two clusters never share the two cores: the
+    other worker waits here instead."""
+    import fcntl
+
+    if not hasattr(request.config, "workerinput"):  # one process runs the modules one after another anyway
+        yield
+        return
+    # The workers' temporary folders share this parent, which belongs to this run only.
+    with open(tmp_path_factory.getbasetemp().parent / "spark-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # -- TPC-H data ---------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,8 +103,9 @@ class Pki:
     key_path: Path
 
 
-def make_pki(folder: Path) -> Pki:
-    """A throw-away CA and a server certificate for loopback and ``*.vault.azure.net`` in ``folder``."""
+def make_pki(folder: Path, *, addresses: Sequence[str] = ()) -> Pki:
+    """A throw-away CA and a server certificate for loopback and ``*.vault.azure.net`` in ``folder``; the
+    certificate also names the IP ``addresses`` (hosts of a test network)."""
     import ipaddress
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def make_pki(folder: Path) -> Pki:
     )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     names = [x509.DNSName("localhost"), x509.DNSName("*.vault.azure.net"), x509.DNSName("*.managedhsm.azure.net"),
-             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+             *(x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", *addresses))]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))

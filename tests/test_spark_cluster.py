@@ -43,7 +43,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, cluster_slot):
     """``spark://127.0.0.1:PORT`` with two one-core workers, and the shared authentication secret file."""
     root = tmp_path_factory.mktemp("cluster")
     secret = root / "spark-auth.secret"

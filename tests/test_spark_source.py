@@ -267,6 +267,23 @@ def test_failed_job_leaves_no_output_and_keeps_old_data(ctx, tmp_path):
     assert [r.name for r in ctx.read().option("header", True).schema(SCHEMA).csv(out).collect()] == ["keep"]
 
 
+def test_a_commit_that_fails_while_moving_parts_keeps_the_old_data(ctx, tmp_path):
+    """Storage lost in the middle of a job's commit: the output it was to replace must still be there."""
+    from ppml.spark.options import parse_options
+    from ppml.spark.writer import PartCommit, PpmlWriter
+
+    out = tmp_path / "commit"
+    ctx.write(ctx.spark.createDataFrame([(1, "keep", 1.0, None)], SCHEMA)).option("header", True).csv(str(out))
+    before = sorted(os.listdir(out))
+    writer = PpmlWriter(parse_options({**ctx._settings, "header": "true"}, path=str(out)), SCHEMA, overwrite=True)
+    vanished = PartCommit(str(out / "_temporary" / writer.job_id / "0-part-00000.csv.ppml"),
+                          str(out / f"part-00000-{writer.job_id}.csv.ppml"))
+    with pytest.raises(FileNotFoundError):
+        writer.commit([vanished])  # the staged part cannot be moved: what storage refuses mid-commit
+    assert sorted(os.listdir(out)) == [n for n in before if n != "_SUCCESS"]  # not vouched for, but all there
+    assert [r.name for r in ctx.read().option("header", True).schema(SCHEMA).csv(str(out)).collect()] == ["keep"]
+
+
 def test_bigdl_cbc_read_and_write(ctx, tmp_path, monkeypatch):
     import base64
 

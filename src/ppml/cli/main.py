@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
 import typer
 
-from ppml import __version__
+from ppml import __version__, errors
 from ppml.cli import attest, azure, broker, cp, data, deploy, keys, ml, parquet, provenance, submit, tpch
 from ppml.cli._common import err, shown
 from ppml.cli.demo import demo
@@ -58,6 +59,53 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]ppml: warning:[/] {shown(message)}")
 
 
+_PPML_ERROR_LINE = re.compile(r"^ppml\.errors\.(\w+): ", re.MULTILINE)
+# Where Spark's own text resumes after the Python worker's traceback it quotes.
+_SPARK_TEXT = ("\n\tat ", "\n\nDriver stacktrace", "\n SQLSTATE:", " SQLSTATE:")
+
+
+def spark_failure(exc: BaseException) -> PpmlError | None:
+    """The error a failed Spark job stands for, or ``None`` when ``exc`` does not come from Spark.
+
+    A ppml error raised inside a Spark task or planning step reaches the driver only as text: the Python
+    worker's traceback, quoted inside Spark's exception and Java stack. That error is rebuilt (class, message,
+    hint), so the user sees the same message and exit code as without Spark. Other Spark failures become a
+    ppml error quoting Spark's first line.
+    """
+    if not type(exc).__module__.startswith(("pyspark", "py4j")):
+        return None
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a Py4J error asks the JVM for its text, and the JVM may be gone
+        text = type(exc).__name__
+    found = list(_PPML_ERROR_LINE.finditer(text))
+    if not found:
+        lines = [line for line in text.strip().splitlines() if line.strip()] or [type(exc).__name__]
+        # Py4J's first line only names the JVM call; the Java exception that says why comes next.
+        first = lines[1].lstrip(": ") if lines[0].startswith("An error occurred while calling") and len(lines) > 1 \
+            else lines[0]
+        return PpmlError(f"the Spark job failed: {first[:500]}",
+                         hint="the Spark messages above, and the executors' logs on the workers, say more")
+    body = text[found[-1].end():]
+    for resumes in _SPARK_TEXT:
+        body = body.split(resumes, 1)[0]
+    message, hint = body.strip(), None
+    if message.endswith(")") and " (hint: " in message:
+        message, _, hint = message[:-1].rpartition(" (hint: ")
+    cls = getattr(errors, found[-1].group(1), None)
+    cls = cls if isinstance(cls, type) and issubclass(cls, PpmlError) else PpmlError
+    error = cls.__new__(cls)  # some classes take more arguments; the message and hint are what is shown
+    PpmlError.__init__(error, message, hint=hint)
+    return error
+
+
+def _report(exc: PpmlError) -> int:
+    err.print(f"[red]ppml: error:[/] {shown(exc.message)}", soft_wrap=True)
+    if exc.hint:
+        err.print(f"[cyan]ppml: hint:[/] {shown(exc.hint)}", soft_wrap=True)
+    return exc.exit_code
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the command line; returns (and exits with) the process exit code."""
     warnings.showwarning = _show_warning
@@ -69,10 +117,7 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except PpmlError as exc:
-        err.print(f"[red]ppml: error:[/] {shown(exc.message)}", soft_wrap=True)
-        if exc.hint:
-            err.print(f"[cyan]ppml: hint:[/] {shown(exc.hint)}", soft_wrap=True)
-        code = exc.exit_code
+        code = _report(exc)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         err.print(f"[red]ppml: error:[/]{shown(where)}: {shown(exc.strerror or exc)}", soft_wrap=True)
@@ -80,6 +125,11 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("ppml: interrupted; no partial output was kept")
         code = 130
+    except Exception as exc:
+        failure = spark_failure(exc)
+        if failure is None:
+            raise
+        code = _report(failure)
     if __name__ == "__main__" or args is None:
         sys.exit(code)
     return code

@@ -257,6 +257,8 @@ def run(
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Parse every column (to measure pruning).")] = False,
     table_format: FormatOpt = "csv",
     parquet_engine: EngineOpt = None,
+    no_warm_up: Annotated[bool, typer.Option(
+        "--no-warm-up", help="Start the first query at once (its timing then includes Spark's start-up).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run TPC-H queries (BigDL's argument order) on encrypted tables; results written encrypted.
@@ -294,7 +296,8 @@ def run(
         for flag, value in (("--data-key", data_key), ("--plaintext", plaintext), ("--scale", scale),
                             ("--format", table_format), ("--parquet-engine", parquet_engine)):
             args += [flag, str(value)] if value is not None else []
-        args += [flag for flag, on in (("--check", check), ("--no-prune", no_prune), ("--json", as_json)) if on]
+        args += [flag for flag, on in (("--check", check), ("--no-prune", no_prune), ("--no-warm-up", no_warm_up),
+                                       ("--json", as_json)) if on]
         _submit_to_kubernetes(master, [*args, *key_arguments(keys)], conf, kube)
         return
     if scale is None:
@@ -316,7 +319,8 @@ def run(
             tables = ppml_tables(ctx, input_dir, input_mode, scale=scale, prune=not no_prune)
         variant = Variant(tables, output_dir, output_mode, oracle=oracle, parquet=parquet)
         with err.status("warming up") as status:
-            warm_up(ctx, variant)
+            if not no_warm_up:
+                warm_up(ctx, variant)
             [runs] = run_side_by_side(ctx, [variant], numbers,
                                       progress=lambda label: status.update(f"running {label}"))
     finally:

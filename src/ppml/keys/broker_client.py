@@ -5,13 +5,21 @@ asks the broker for a nonce, makes evidence binding the nonce and a fresh X25519
 attester (SGX via Gramine, TDX, a vTPM, or ``simulated`` for development), and opens the data key the
 broker seals to that key (protocol: :mod:`ppml.keys.broker_protocol`, docs/broker.md). Released keys are
 cached in this process's memory until the policy's release lifetime ends, then attested for again.
+
+A broker that cannot be reached (refused, reset or timed-out connections, 502/504, a nonce the broker no longer
+knows because it restarted) is tried again with exponential backoff and jitter for up to ``retry_for`` seconds
+(60 by default), each retry logged as a warning; then the release fails with an error naming the broker, the
+attempts and the last failure. A refused TLS certificate or a denial is never retried.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -36,6 +44,9 @@ __all__ = ["BrokerKms", "release_counters", "clear_releases", "attestation_recor
 
 _EXPIRY_MARGIN = 0.9  # re-attest a little before the broker's lifetime ends
 _MAX_RETRIES = 5
+_FIRST_BACKOFF, _MAX_BACKOFF = 0.5, 8.0  # seconds between attempts to reach an unreachable broker
+_CONNECT_TIMEOUT = 10.0  # a broker that accepts no connection in 10 s is down, however long answers may take
+log = logging.getLogger("ppml.keys.broker")
 _RELEASES = ExpiringKeys()
 _COUNTERS: Counter[str] = Counter()
 # The evidence this process was released keys on, for provenance records (no key material, bounded).
@@ -73,6 +84,19 @@ def _retry_after(value: str | None) -> float:
         return 1.0
 
 
+class _Unreachable(Exception):
+    """This attempt could not reach the broker, or reached a broker that has forgotten its nonce."""
+
+
+def _refused_certificate(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind an httpx error, if the broker's certificate (or the handshake) was refused."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def release_counters() -> dict[str, int]:
     """This process's counts: ``requests`` to the broker, ``keys`` released, ``cache_hits``."""
     return dict(_COUNTERS)
@@ -100,6 +124,10 @@ class BrokerKms(KeyManagementService):
     caller
         A name recorded in the broker's audit log beside the caller's address (declared, not proven);
         default: this host's name and process id.
+    timeout
+        Seconds to wait for each answer (connections: at most 10).
+    retry_for
+        Seconds to keep retrying, with backoff, a broker that cannot be reached (default 60).
     """
 
     name = "broker"
@@ -107,7 +135,7 @@ class BrokerKms(KeyManagementService):
 
     def __init__(self, url: str, *, attester: str = "", attester_settings: Mapping[str, Any] | str | None = None,
                  ca: str | None = None, serves: Sequence[str] | None = None, caller: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, retry_for: float = 60.0) -> None:
         if not url.startswith("https://"):
             raise ConfigError(f"the key broker URL must start with https:// (got {url!r})",
                               hint="the broker only speaks TLS; keys must never cross the network in the clear")
@@ -124,6 +152,7 @@ class BrokerKms(KeyManagementService):
         self.serves = tuple(serves) if serves else None
         self.caller = caller
         self.timeout = timeout
+        self.retry_for = retry_for
         self._client = None
         self._lock = threading.Lock()
 
@@ -143,7 +172,7 @@ class BrokerKms(KeyManagementService):
 
     def unwrap(self, wrapped: WrappedKey) -> DataKey:
         def release() -> tuple[DataKey, float]:
-            key, lifetime = self._release(wrapped)
+            key, lifetime = self._release_with_retry(wrapped)
             return key, lifetime * _EXPIRY_MARGIN
 
         # One attestation per key even when many tasks of this process ask at once.
@@ -169,7 +198,8 @@ class BrokerKms(KeyManagementService):
                 import httpx
 
                 verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
-                self._client = httpx.Client(base_url=self.url, verify=verify, timeout=self.timeout,
+                timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
+                self._client = httpx.Client(base_url=self.url, verify=verify, timeout=timeout,
                                             headers={"User-Agent": "ppml-broker-client"})
             return self._client
 
@@ -188,9 +218,14 @@ class BrokerKms(KeyManagementService):
             try:
                 response = self._http().post(path, json=body)
             except httpx.HTTPError as exc:
-                raise KeyAccessError(f"cannot reach the key broker at {self.url}: {exc}",
-                                     hint="check the URL, that the broker is running, and that its TLS certificate "
-                                          "is trusted (brokerCa / PPML_BROKER_CA)") from None
+                refused = _refused_certificate(exc)
+                if refused is not None:
+                    raise KeyAccessError(f"cannot reach the key broker at {self.url}: its TLS certificate or handshake "
+                                         f"was refused ({getattr(refused, 'verify_message', None) or refused})",
+                                         hint="check that brokerCa / PPML_BROKER_CA is the CA that signed the broker's "
+                                              "certificate, and this host's clock (certificates are valid only "
+                                              "between their dates)") from None
+                raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
             if response.status_code in (429, 503) and attempt < _MAX_RETRIES:
                 time.sleep(_retry_after(response.headers.get("Retry-After")))
                 continue
@@ -198,13 +233,38 @@ class BrokerKms(KeyManagementService):
                 payload = response.json()
             except ValueError:
                 payload = {}
+            error = payload.get("error", {}) if isinstance(payload, dict) else {}
+            if response.status_code in (502, 504) or (response.status_code == 403 and error.get("code") == "nonce"):
+                # A proxy without a broker behind it, or a restarted broker that no longer knows our nonce.
+                raise _Unreachable(f"{response.status_code} {error.get('message', response.reason_phrase)}")
             if response.status_code != 200:
-                error = payload.get("error", {}) if isinstance(payload, dict) else {}
                 raise KeyAccessError(f"the key broker at {self.url} refused the request ({response.status_code} "
                                      f"{error.get('code', '')}): {error.get('message', response.reason_phrase)}",
                                      hint="the broker's audit log records the same reason")
             return payload
         raise AssertionError("unreachable")
+
+    def _release_with_retry(self, wrapped: WrappedKey) -> tuple[DataKey, float]:
+        """:meth:`_release`, attempted again with exponential backoff while the broker cannot be reached."""
+        started = time.monotonic()
+        delay, attempt = _FIRST_BACKOFF, 1
+        while True:
+            try:
+                return self._release(wrapped)
+            except _Unreachable as exc:
+                waited = time.monotonic() - started
+                if waited + delay > self.retry_for:
+                    raise KeyAccessError(
+                        f"cannot reach the key broker at {self.url} for {wrapped.reference}: {attempt} attempts "
+                        f"in {waited:.0f} s, the last failed with {exc}",
+                        hint=f"check that the broker is running and reachable from this host ({socket.gethostname()}); "
+                             f"a process keeps trying for {self.retry_for:.0f} s") from None
+                # Jitter: executors that lost the broker together should not come back together.
+                pause = delay * random.uniform(0.5, 1.0)
+                log.warning("key broker at %s: %s; attempt %d failed, retrying in %.1f s", self.url, exc, attempt,
+                            pause)
+                time.sleep(pause)
+                delay, attempt = min(delay * 2, _MAX_BACKOFF), attempt + 1
 
     def _release(self, wrapped: WrappedKey) -> tuple[DataKey, float]:
         from ppml.attest.evidence import binding_digest

@@ -71,6 +71,7 @@ class KeyRing:
         Raises :class:`~ppml.errors.KeyAccessError` listing every copy and why it could not be used.
         """
         failures: list[str] = []
+        hints: list[str] = []  # what the backends that were asked and failed say to do
         for wrapped in envelope:
             cache_key = (wrapped.kms, wrapped.key, wrapped.version, wrapped.wrapped)
             with _CACHE_LOCK:
@@ -85,6 +86,8 @@ class KeyRing:
                     key = backend.unwrap(wrapped)
                 except PpmlError as exc:
                     failures.append(f"{wrapped.reference}: {exc.message}")
+                    if exc.hint and exc.hint not in hints:
+                        hints.append(exc.hint)
                     continue
                 _checked(key, key_id, wrapped, name)
                 if backend.cacheable:
@@ -95,8 +98,8 @@ class KeyRing:
             failures.append("the file carries no wrapped data key")
         raise KeyAccessError(
             f"cannot unwrap the data key of {name}:\n  " + "\n  ".join(failures),
-            hint="configure a key management service holding one of these primary keys "
-                 "(for the local key store: --keystore / PPML_KEYSTORE and PPML_KEYSTORE_PASSWORD)",
+            hint="; ".join(hints) or "configure a key management service holding one of these primary keys "
+                                     "(for the local key store: --keystore / PPML_KEYSTORE and PPML_KEYSTORE_PASSWORD)",
         )
 
     def open_data_key_file(self, path: str) -> tuple[DataKeyFile, DataKey]:

@@ -2,11 +2,13 @@
 
 Each task writes one part file under ``<output>/_temporary/<job>/`` (hidden from readers), encrypted as it
 is written; the plaintext never lands on disk. Only when every task has succeeded does the driver's ``commit``
-remove any old ``_SUCCESS`` and what an ``overwrite`` replaces, move the parts into place (renames locally; on
-object stores such as Azure Blob, server-side copies that each replace one blob atomically, then deletes),
-record the data set's next version in its authenticated manifest and its signed provenance record (encrypted
-formats; see :mod:`ppml.io.datasets` and :mod:`ppml.io.provenance`) and write ``_SUCCESS`` last; ``abort``
-deletes the temporary parts. A failed job therefore leaves the output as it was.
+remove any old ``_SUCCESS``, move the parts into place (renames locally; on object stores such as Azure Blob,
+server-side copies that each replace one blob atomically, then deletes), only then remove what an ``overwrite``
+replaces, record the data set's next version in its authenticated manifest and its signed provenance record
+(encrypted formats; see :mod:`ppml.io.datasets` and :mod:`ppml.io.provenance`) and write ``_SUCCESS`` last;
+``abort`` deletes the temporary parts. A failed job therefore leaves the output as it was, and a commit cut
+short (storage lost while moving parts) still leaves all the old parts, next to any new ones already moved,
+without ``_SUCCESS`` and under the old manifest version.
 """
 
 from __future__ import annotations
@@ -127,15 +129,16 @@ class PpmlWriter(DataSourceArrowWriter):
         if success.exists():  # an old marker must not vouch for a folder whose parts are being replaced
             success.remove()
         produced = {m.final for m in messages if m is not None and m.final}
-        if self.overwrite and root.exists():
-            for relative, _ in root.files():
-                existing = root.child(relative)
-                if existing.url not in produced:
-                    existing.remove()
-        # Renames locally; on object stores server-side copies (each part appears whole) then deletes.
+        replaced = [relative for relative, _ in root.files()] if self.overwrite and root.exists() else []
+        # Renames locally; on object stores server-side copies (each part appears whole) then deletes. Before
+        # anything is removed: a commit cut short must never have destroyed the output it was to replace.
         move_files(root, [(locate(m.staged, azure=self.options.storage).path,
                            locate(m.final, azure=self.options.storage).path)
                           for m in messages if m is not None and m.staged])
+        for relative in replaced:
+            existing = root.child(relative)
+            if existing.url not in produced:
+                existing.remove()
         fmt = get_format(self.format)
         for name, data in fmt.sidecars(self.options.envelope() if fmt.encrypted else ()).items():
             with root.child(name).open("wb") as handle:
