@@ -418,6 +418,7 @@ class Cluster:
         self.auth_secret_file = self.root / "spark-auth.secret"
         self.data_key_file = self.root / "client" / "data-key.json"
         self.audit_log = self.root / "broker" / "audit.jsonl"
+        self.audit_key = self.root / "broker" / "audit-key.json"  # its .pub beside it verifies the log
         self.plain: Path | None = None
         self.pki = None
         self.kms = self.data_key = self.wrapped = None
@@ -579,7 +580,12 @@ class Cluster:
 
         folder = self.root / "broker"
         config = folder / "broker.yaml"
+        kms = [{"backend": "local", "keystore": str(folder / "keys" / "keystore.json"),
+                "passphrase": f"file:{folder / 'keys' / 'passphrase'}"}]
         if not config.exists():
+            from broker_harness import make_audit_key
+
+            make_audit_key(self.audit_key, kms)
             (folder / "policies").mkdir(parents=True, exist_ok=True)
             (folder / "policies" / "tpch.yaml").write_text(yaml.safe_dump(
                 {"name": "tpch-cluster", "keys": [f"local:{KEY_NAME}"], "release_lifetime": "10m",
@@ -587,11 +593,11 @@ class Cluster:
             config.write_text(yaml.safe_dump({
                 "listen": {"host": address("broker"), "port": PORTS["broker"]},
                 "tls": {"certificate": str(self.pki.cert_path), "private_key": str(self.pki.key_path)},
-                "kms": [{"backend": "local", "keystore": str(folder / "keys" / "keystore.json"),
-                         "passphrase": f"file:{folder / 'keys' / 'passphrase'}"}],
+                "kms": kms,
                 "verifiers": {"simulated": {}},
                 "policies": [str(folder / "policies")],
                 "audit_log": str(self.audit_log),
+                "audit_key": str(self.audit_key),
                 "limits": {"nonce_lifetime": f"{NONCE_LIFETIME}s"},
             }))
         self._service("broker", [sys.executable, "-m", "ppml.cli.main", "broker", "serve", "--config", str(config)],

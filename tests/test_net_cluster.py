@@ -431,7 +431,8 @@ def test_the_broker_killed_mid_run_and_restarted(healthy):
     assert events.count("start") >= 2  # the restart continued the same log
     after = [e for e in _releases_since(healthy, restarted) if e["caller"]["address"] == address("worker1")]
     assert any(e["decision"] == "allow" for e in after)
-    verified = healthy.ppml("broker", "broker", "audit", "verify", str(healthy.audit_log))
+    verified = healthy.ppml("broker", "broker", "audit", "verify", str(healthy.audit_log), "--key",
+                            f"{healthy.audit_key}.pub")
     assert verified.returncode == 0, verified.stderr
 
 
