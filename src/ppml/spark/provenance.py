@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -44,14 +45,17 @@ _MAX_PARQUET_READS = 256
 
 
 def dataset_versions(paths: Sequence[str], keyring: KeyRing) -> dict[str, int]:
-    """The latest version of each data set at or under ``paths``, by its URL (authenticated)."""
+    """The latest version of each data set at or under ``paths`` (or, for a file, the data set of its folder),
+    by its URL (authenticated)."""
     versions = {}
     for path in paths:
         location = locate(path)
-        if not location.is_dir():
-            continue
-        for relative in dataset_roots(location):
-            root = location.child(relative) if relative else location
+        if location.is_dir():
+            roots = [location.child(relative) if relative else location for relative in dataset_roots(location)]
+        else:
+            folder = location.at(posixpath.dirname(location.path.rstrip("/")))
+            roots = [folder] if folder.child(MANIFEST_FOLDER).exists() else []
+        for root in roots:
             version = latest_version(root, keyring)
             if version is not None:
                 versions[root.url] = version.manifest.version
