@@ -345,3 +345,17 @@ def test_describe_needs_no_key(tmp_path, tree_kms):
     assert [w.reference for w in info.envelope] == ["local:default#v1"]
     assert info.facts["segment_size"] == SEG and info.facts["size"] == enc.stat().st_size
     assert files.describe(locate(str(src))).format == "plain_text"
+
+
+def test_an_empty_staging_parent_is_removed_but_not_from_under_another_writer(tmp_path):
+    """Concurrent appends share ``_temporary``: the first to finish must not remove the folder another job has
+    just made for its part (the part's file not written yet), or that job's task fails."""
+    from ppml.io.storage import locate
+
+    parent = tmp_path / "_temporary"
+    (parent / "other-job").mkdir(parents=True)
+    locate(str(parent)).remove_if_empty()
+    assert (parent / "other-job").is_dir()
+    (parent / "other-job").rmdir()
+    locate(str(parent)).remove_if_empty()
+    assert not parent.exists()

@@ -140,7 +140,13 @@ class Location:
             if "r" in mode and not self.exists():
                 raise self.not_found()
             if "w" in mode and self.is_local:
-                self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+                for attempt in range(3):  # a writer finishing beside this one may remove an empty parent
+                    try:
+                        self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+                        return self.fs.open(self.path, mode)
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
             return self.fs.open(self.path, mode)
         options: dict[str, object] = {}
         if "r" in mode:
@@ -223,6 +229,19 @@ class Location:
     def remove(self, *, recursive: bool = False) -> None:
         with self.errors():
             self.fs.rm(self.path, recursive=recursive)
+
+    def remove_if_empty(self) -> None:
+        """Remove this folder if nothing is in it, not even an empty folder: another writer's staging folder
+        in it, whose file is not written yet, is left alone (object stores have no empty folders to keep)."""
+        if not self.exists() or self.files(include_hidden=True):
+            return
+        if not self.is_local:
+            self.remove(recursive=True)
+            return
+        try:
+            os.rmdir(self.path)
+        except OSError:  # another writer's folder appeared in it: that writer removes it when done
+            pass
 
 
 class _GuardedFile:

@@ -172,5 +172,5 @@ def remove_staging(folder: Location) -> None:
     if folder.exists():
         folder.remove(recursive=True)
     parent = folder.at(posixpath.dirname(folder.path.rstrip("/")))
-    if parent.name == TEMPORARY and parent.exists() and not parent.files(include_hidden=True):
-        parent.remove(recursive=True)
+    if parent.name == TEMPORARY:
+        parent.remove_if_empty()

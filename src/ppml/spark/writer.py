@@ -179,9 +179,7 @@ class PpmlWriter(DataSourceArrowWriter):
         temporary = root.child(f"{TEMPORARY}/{self.job_id}")
         if temporary.exists():
             temporary.remove(recursive=True)
-        parent = root.child(TEMPORARY)
-        if parent.exists() and not parent.files(include_hidden=True):
-            parent.remove(recursive=True)
+        root.child(TEMPORARY).remove_if_empty()
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
