@@ -115,6 +115,29 @@ def test_no_key_or_secret_in_spark_conf_or_plans(ctx, tmp_path, keyset):
         assert "pme passphrase" not in text and "wrappedDEK" not in text
 
 
+def _jobs_run(spark, action) -> int:
+    """How many Spark jobs ``action`` starts."""
+    group = f"ppml-test-{os.urandom(4).hex()}"
+    spark.sparkContext.setJobGroup(group, "counting jobs")
+    try:
+        action()
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
+def test_a_checked_file_schema_is_inferred_once_and_again_when_the_file_changes(ctx, tmp_path):
+    target = str(tmp_path / "t.parquet")
+    ppml.write_parquet(_frame(ctx.spark, 100).toArrow(), target, keys=ctx.keys, footer_key="tpch")
+    assert _jobs_run(ctx.spark, lambda: ctx.read().parquet(target)) >= 1  # Spark reads a footer for the schema
+    assert _jobs_run(ctx.spark, lambda: ctx.read().parquet(target)) == 0  # the same checked file: known
+    assert ctx.read().parquet(target).where("id < 10").count() == 10
+    wider = _frame(ctx.spark, 100).withColumn("extra", F.lit(7)).toArrow()
+    ppml.write_parquet(wider, target, keys=ctx.keys, footer_key="tpch", mode="overwrite")
+    again = ctx.read().parquet(target)  # same path, a new file identity: inferred again, with the new column
+    assert "extra" in again.columns and again.where("extra = 7").count() == 100
+
+
 def test_a_changed_page_fails_the_spark_read_and_the_data_set_check_names_files(ctx, tmp_path):
     target = tmp_path / "t"
     ctx.write(_frame(ctx.spark, 5000)).mode("overwrite").parquet(str(target))

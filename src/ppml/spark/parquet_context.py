@@ -19,7 +19,9 @@ and writes plaintext Parquet.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -31,7 +33,7 @@ from ppml.io.azure import AZURE_PROTOCOLS
 from ppml.io.datasets import commit_version, latest_version
 from ppml.io.storage import locate
 from ppml.parquet import jvm
-from ppml.parquet.datasets import checked_parts, member_of
+from ppml.parquet.datasets import Part, checked_parts, member_of
 from ppml.parquet.format import PARQUET_FORMAT
 from ppml.parquet.tables import leaf_columns
 from ppml.spark.options import parse_options
@@ -43,6 +45,16 @@ __all__ = ["ENGINES", "DEFAULT_ENGINE", "read", "write", "install_client"]
 ENGINES = ("spark", "pyarrow")
 DEFAULT_ENGINE = "spark"
 ENGINE_OPTION = "parquetEngine"
+# Spark infers a Parquet read's schema with a job that reads a footer. An encrypted read's files are checked
+# against their manifests first, and each footer is authenticated with its file's identity, so the schema
+# Spark inferred for the same files (URLs, identities, sizes) under the same settings still holds: later
+# reads pass it to Spark and skip that job.
+_SCHEMAS: OrderedDict[tuple, StructType] = OrderedDict()
+_SCHEMAS_LOCK = threading.Lock()
+_MAX_SCHEMAS = 256
+_INFERENCE_SETTINGS = ("spark.sql.parquet.binaryAsString", "spark.sql.parquet.int96AsTimestamp",
+                       "spark.sql.parquet.inferTimestampNTZ.enabled", "spark.sql.legacy.parquet.nanosAsLong",
+                       "spark.sql.parquet.mergeSchema", "spark.sql.caseSensitive")
 
 
 def install_client(spark) -> None:
@@ -83,17 +95,41 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
         if schema is not None:
             reader = reader.schema(schema)
         return reader.option("paths", json.dumps(paths)).load() if len(paths) > 1 else reader.load(paths[0])
-    files: list[str] = []
+    parts: list[Part] = []
     for item in paths:
-        files.extend(p.location.url for p in checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None,
-                                                           encrypted=encrypted))
+        parts.extend(checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None, encrypted=encrypted))
+    files = [p.location.url for p in parts]
     reader = ctx.spark.read.options(**jvm.read_options(ctx.keys)) if encrypted else ctx.spark.read
+    known = _schema_key(ctx.spark, parts) if encrypted and schema is None else None
+    schema = schema if known is None else _known_schema(known)
     if schema is not None:
         reader = reader.schema(schema)
     df = reader.parquet(*files)
+    if known is not None and schema is None:
+        _remember_schema(known, df.schema)
     if encrypted:
         remember_parquet_read(files, paths, options["cryptoMode"], versions)
     return df.select(*columns) if columns is not None else df
+
+
+def _schema_key(spark, parts: Sequence[Part]) -> tuple:
+    settings = tuple(spark.conf.get(name, None) for name in _INFERENCE_SETTINGS)
+    return settings, tuple((p.location.url, p.tail.file_id, p.size) for p in parts)
+
+
+def _known_schema(key: tuple) -> StructType | None:
+    with _SCHEMAS_LOCK:
+        found = _SCHEMAS.get(key)
+        if found is not None:
+            _SCHEMAS.move_to_end(key)
+        return found
+
+
+def _remember_schema(key: tuple, schema: StructType) -> None:
+    with _SCHEMAS_LOCK:
+        _SCHEMAS[key] = schema
+        while len(_SCHEMAS) > _MAX_SCHEMAS:
+            _SCHEMAS.popitem(last=False)
 
 
 def write(ctx, df: DataFrame, path: str, save_mode: str, options: Mapping[str, str], label: str | None = None) -> None:
