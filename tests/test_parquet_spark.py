@@ -138,6 +138,44 @@ def test_a_checked_file_schema_is_inferred_once_and_again_when_the_file_changes(
     assert "extra" in again.columns and again.where("extra = 7").count() == 100
 
 
+_USER_SESSION = """
+import sys
+from pyspark.sql import SparkSession
+from ppml.keys.settings import KeySettings
+from ppml.spark import PPMLContext
+
+folder, store, data_key = sys.argv[1:4]
+spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+spark.sparkContext.setLogLevel("OFF")
+keys = KeySettings(keystore=store, passphrase=f"file:{folder}/ks.pass")
+ctx = PPMLContext(spark, keys=keys, data_key=data_key)
+ctx.write(spark.range(1000).selectExpr("id", "id * 2 AS twice"), "aes_gcm_v1").parquet(f"{folder}/out")
+print(ctx.read("aes_gcm_v1").parquet(f"{folder}/out").count())
+# parquet-java's key clients expire from its cache (after a minute); the next read makes new ones
+spark._jvm.org.apache.parquet.crypto.keytools.KeyToolkit.removeCacheEntriesForAllTokens()
+print(ctx.read("aes_gcm_v1").parquet(f"{folder}/out").agg({"twice": "sum"}).first()[0])
+spark.stop()
+"""
+
+
+def test_a_session_the_user_built_reads_after_parquet_java_renews_its_key_clients(keyset, tmp_path):
+    """A session built without ppml (no client jar in ``spark.jars``): the client must load wherever
+    parquet-java makes one, the driver's Hadoop configuration included (in local mode tasks share it)."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "keys"
+    shutil.copytree(keyset["folder"], folder)
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_CONF_DIR", "PYSPARK_SUBMIT_ARGS",
+                                                             "PYSPARK_GATEWAY_PORT")}
+    done = subprocess.run([sys.executable, "-c", _USER_SESSION, str(folder), str(folder / "ks.json"),
+                           str(folder / "dk.json")], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1000", str(sum(2 * i for i in range(1000)))]
+
+
 def test_a_changed_page_fails_the_spark_read_and_the_data_set_check_names_files(ctx, tmp_path):
     target = tmp_path / "t"
     ctx.write(_frame(ctx.spark, 5000)).mode("overwrite").parquet(str(target))

@@ -23,12 +23,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from py4j.protocol import Py4JError, Py4JJavaError
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from ppml.crypto.formats import get_format
-from ppml.errors import AlreadyExistsError, UsageError
+from ppml.errors import AlreadyExistsError, ConfigError, UsageError
 from ppml.io.azure import AZURE_PROTOCOLS
 from ppml.io.datasets import commit_version, latest_version
 from ppml.io.storage import locate
@@ -58,11 +59,27 @@ _INFERENCE_SETTINGS = ("spark.sql.parquet.binaryAsString", "spark.sql.parquet.in
 
 
 def install_client(spark) -> None:
-    """Make ppml's parquet-java key client available to this session's executors (once)."""
+    """Make ppml's parquet-java key client available to this session's executors and its driver (once).
+
+    ``addJar`` reaches the executors' tasks. parquet-java also makes key clients from the driver's Hadoop
+    configuration (which tasks share in local mode), whose class loader sees only the jars the session
+    started with; for a session started without ppml's ``spark.jars`` the jar joins that loader too.
+    """
     context = spark.sparkContext._jsc.sc()
     jar = jvm.client_jar()
-    if jar.name not in str(context.listJars().mkString(",")):
-        context.addJar(str(jar))
+    if jar.name in str(context.listJars().mkString(",")):
+        return
+    context.addJar(str(jar))
+    loader = spark.sparkContext._jsc.hadoopConfiguration().getClassLoader()
+    try:
+        spark._jvm.java.lang.Class.forName(jvm.CLIENT_CLASS, False, loader)
+    except Py4JJavaError:
+        try:
+            loader.addURL(spark._jvm.java.io.File(str(jar)).toURI().toURL())
+        except Py4JError:
+            raise ConfigError(f"cannot add ppml's parquet-java key client ({jar}) to this Spark driver",
+                              hint=f"start the session with spark.jars={jar} (ppml.spark.secure_session "
+                                   "does)") from None
 
 
 def _engine(ctx, options: dict[str, str], paths: list[str]) -> str:
