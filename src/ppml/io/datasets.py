@@ -47,6 +47,7 @@ __all__ = [
     "commit_version",
     "dataset_facts",
     "dataset_roots",
+    "file_dataset",
     "latest_manifest_number",
     "latest_version",
     "member",
@@ -93,6 +94,12 @@ def dataset_roots(folder: Location) -> list[str]:
         if posixpath.basename(parent) == MANIFEST_FOLDER and _VERSION_FILE.match(name):
             roots.add(posixpath.dirname(parent))
     return sorted(roots)
+
+
+def file_dataset(location: Location) -> Location | None:
+    """The data set a single file belongs to, if any: its folder, when that folder holds a manifest."""
+    folder = location.at(posixpath.dirname(location.path.rstrip("/")))
+    return folder if folder.child(MANIFEST_FOLDER).exists() else None
 
 
 def latest_manifest_number(root: Location) -> int:

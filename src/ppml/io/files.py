@@ -248,9 +248,11 @@ def decrypt_stream(src: str, writer: BinaryIO, *, keyring: KeyRing | None = None
 
 
 def checked_members(source: Location, entries: Sequence[tuple[str, int]], *, keyring: KeyRing | None,
-                    key: DataKey | None, mode: str | None, min_version: int | None = None) -> dict[str, Member] | None:
+                    key: DataKey | None, mode: str | None, min_version: int | None = None,
+                    versions: dict[str, int] | None = None) -> dict[str, Member] | None:
     """Check a folder's data sets against their manifests; returns the members by path relative to ``source``
-    (``None`` for a single file).
+    (``None`` for a single file). ``versions``, when given, receives the version checked of each data set, by
+    its URL (what a provenance record names).
 
     Every data set in the folder (``source`` itself, or folders below it, such as one result per query) is
     checked. Encrypted files that belong to none are read with a warning, and plaintext files beside them
@@ -273,6 +275,8 @@ def checked_members(source: Location, entries: Sequence[tuple[str, int]], *, key
         claimed = {rel: size for rel, size in unclaimed.items() if rel.startswith(prefix)}
         check_listing(root, version, {rel[len(prefix):]: size for rel, size in claimed.items()})
         members.update({prefix + path: m for path, m in version.members().items()})
+        if versions is not None:
+            versions[root.url] = version.manifest.version
         unclaimed = {rel: size for rel, size in unclaimed.items() if rel not in claimed}
     formats = {relative: get_format(mode) if mode else _sniff(_at(source, relative)) for relative in unclaimed}
     plaintext = sorted(r for r, fmt in formats.items() if not fmt.encrypted)

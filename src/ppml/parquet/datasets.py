@@ -23,7 +23,7 @@ from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import FileInfo, get_format
 from ppml.crypto.manifest import Member
 from ppml.errors import IntegrityError, PpmlError
-from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, check_member, commit_version, latest_version, member
+from ppml.io.datasets import DataSetVersion, check_member, commit_version, file_dataset, latest_version, member
 from ppml.io.files import checked_members
 from ppml.io.storage import Location, locate, move_files
 from ppml.keys.keyring import KeyRing
@@ -67,20 +67,21 @@ def part_info(location: Location, tail: Tail) -> FileInfo:
 
 
 def checked_parts(path: str | Location, *, keyring: KeyRing | None, min_version: int | None = None,
-                  encrypted: bool = True) -> list[Part]:
+                  encrypted: bool = True, versions: dict[str, int] | None = None) -> list[Part]:
     """The Parquet files at ``path`` (a file or a folder), checked as every ppml reader checks its input.
 
     A folder's data sets are checked against their manifests (:func:`ppml.io.files.checked_members`: nothing
     missing, added, renamed or resized; ``min_version`` refuses a rollback), then each member's tail against
     its entry. A file that is not encrypted Parquet raises :class:`~ppml.errors.IntegrityError` unless
-    ``encrypted`` is false (plaintext Parquet read as such).
+    ``encrypted`` is false (plaintext Parquet read as such). ``versions``, when given, receives the version
+    checked of each data set, by its URL.
     """
     location = locate(path) if isinstance(path, str) else path
     entries = location.files()
-    members = checked_members(location, entries, keyring=keyring, key=None, mode=None,
-                              min_version=min_version) if encrypted else None
+    members = checked_members(location, entries, keyring=keyring, key=None, mode=None, min_version=min_version,
+                              versions=versions) if encrypted else None
     if encrypted and not location.is_dir():
-        members = _membership(location, keyring)
+        members = _membership(location, keyring, versions)
     fmt = get_format(PARQUET_FORMAT)
     parts = []
     for relative, size in entries:
@@ -97,16 +98,19 @@ def checked_parts(path: str | Location, *, keyring: KeyRing | None, min_version:
     return parts
 
 
-def _membership(location: Location, keyring: KeyRing | None) -> dict[str, Member] | None:
+def _membership(location: Location, keyring: KeyRing | None,
+                versions: dict[str, int] | None) -> dict[str, Member] | None:
     """A single file's entry in the data set of its folder (if that folder is one), by the key ``""``."""
-    folder = location.at(posixpath.dirname(location.path.rstrip("/")))
-    version = latest_version(folder, keyring) if (folder.child(MANIFEST_FOLDER)).exists() else None
-    if version is None:
+    folder = file_dataset(location)
+    version = latest_version(folder, keyring) if folder is not None else None
+    if folder is None or version is None:
         return None
+    if versions is not None:
+        versions[folder.url] = version.manifest.version
     entry = version.members().get(location.name)
     if entry is None:
-        raise IntegrityError(f"{location.url} is not a member of the data set in {folder.url} (added or renamed)",
-                             path=location.url, hint="restore the data set from a trusted copy")
+        raise IntegrityError(f"{location.url} is not a member of the data set in {folder.url} (added or "
+                             "renamed)", path=location.url, hint="restore the data set from a trusted copy")
     return {"": entry}
 
 

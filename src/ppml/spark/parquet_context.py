@@ -100,8 +100,8 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
     options = dict(options)
     engine = _engine(ctx, options, paths)
     encrypted = get_format(options["cryptoMode"]).encrypted
-    versions = dataset_versions(paths, ctx.keys.keyring()) if encrypted else {}
     if engine == "pyarrow":
+        versions = dataset_versions(paths, ctx.keys.keyring()) if encrypted else {}
         reader = (ctx.spark.read.format("ppml").options(**options).option("format", PARQUET_FORMAT)
                   .option("datasetVersions", json.dumps(versions)))
         if columns is not None:
@@ -113,8 +113,10 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
             reader = reader.schema(schema)
         return reader.option("paths", json.dumps(paths)).load() if len(paths) > 1 else reader.load(paths[0])
     parts: list[Part] = []
+    versions: dict[str, int] = {}  # what the provenance record names: the versions these files were checked at
     for item in paths:
-        parts.extend(checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None, encrypted=encrypted))
+        parts.extend(checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None, encrypted=encrypted,
+                                   versions=versions))
     files = [p.location.url for p in parts]
     reader = ctx.spark.read.options(**jvm.read_options(ctx.keys)) if encrypted else ctx.spark.read
     known = _schema_key(ctx.spark, parts) if encrypted and schema is None else None

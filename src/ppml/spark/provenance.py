@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from pyspark.sql import DataFrame
 
 from ppml.crypto.formats import get_format
 from ppml.crypto.manifest import Manifest
-from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, dataset_roots, latest_version
+from ppml.io.datasets import MANIFEST_FOLDER, DataSetVersion, dataset_roots, file_dataset, latest_version
 from ppml.io.files import describe
 from ppml.io.provenance import Signer, build_record, write_record
 from ppml.io.storage import Location, locate
@@ -53,8 +52,7 @@ def dataset_versions(paths: Sequence[str], keyring: KeyRing) -> dict[str, int]:
         if location.is_dir():
             roots = [location.child(relative) if relative else location for relative in dataset_roots(location)]
         else:
-            folder = location.at(posixpath.dirname(location.path.rstrip("/")))
-            roots = [folder] if folder.child(MANIFEST_FOLDER).exists() else []
+            roots = [folder] if (folder := file_dataset(location)) is not None else []
         for root in roots:
             version = latest_version(root, keyring)
             if version is not None:
