@@ -132,6 +132,13 @@ def test_a_checked_file_schema_is_inferred_once_and_again_when_the_file_changes(
     assert _jobs_run(ctx.spark, lambda: ctx.read().parquet(target)) >= 1  # Spark reads a footer for the schema
     assert _jobs_run(ctx.spark, lambda: ctx.read().parquet(target)) == 0  # the same checked file: known
     assert ctx.read().parquet(target).where("id < 10").count() == 10
+    from keystores import make_keystore
+
+    other = make_keystore(tmp_path / "other.json", "other passphrase", "pii", passphrase_file=tmp_path / "o.pass")
+    without_footer_key = PPMLContext(ctx.spark, keys=KeySettings(keystore=str(other.path),
+                                                                 passphrase=f"file:{tmp_path / 'o.pass'}"))
+    with pytest.raises(Exception, match="tpch"):  # not told the schema that the first reader's keys opened
+        without_footer_key.read().parquet(target)
     wider = _frame(ctx.spark, 100).withColumn("extra", F.lit(7)).toArrow()
     ppml.write_parquet(wider, target, keys=ctx.keys, footer_key="tpch", mode="overwrite")
     again = ctx.read().parquet(target)  # same path, a new file identity: inferred again, with the new column

@@ -28,10 +28,11 @@ from pathlib import Path
 from ppml.errors import ConfigError
 from ppml.keys.settings import KeySettings
 
-__all__ = ["client_jar", "read_options", "write_options", "CLIENT_CLASS", "CRYPTO_FACTORY"]
+__all__ = ["client_jar", "read_options", "write_options", "CLIENT_CLASS", "CRYPTO_FACTORY", "ACCESS_TOKEN"]
 
 CLIENT_CLASS = "io.ppml.parquet.PpmlKmsClient"
 CRYPTO_FACTORY = "org.apache.parquet.crypto.keytools.PropertiesDrivenCryptoFactory"
+ACCESS_TOKEN = "parquet.encryption.key.access.token"
 _SOURCE_ROOT = Path(__file__).resolve().parent / "java"
 _SOURCES = sorted(_SOURCE_ROOT.rglob("*.java"))
 #: parquet-java's own KEK cache; ppml's agent caches keys for as long as their backend allows.
@@ -113,7 +114,7 @@ def read_options(keys: KeySettings) -> dict[str, str]:
         "parquet.crypto.factory.class": CRYPTO_FACTORY,
         # parquet-java caches its key client and unwrapped KEKs per access token: a token per key settings
         # keeps a reader with fewer keys from using keys that another reader's settings unwrapped
-        "parquet.encryption.key.access.token": _access_token(python := _agent_python(), settings),
+        ACCESS_TOKEN: _access_token(python := _agent_python(), settings),
         "parquet.encryption.kms.client.class": CLIENT_CLASS,
         "parquet.encryption.cache.lifetime.seconds": _CACHE_SECONDS,
         "ppml.parquet.agent.python": python,

@@ -118,8 +118,12 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
         parts.extend(checked_parts(item, keyring=ctx.keys.keyring() if encrypted else None, encrypted=encrypted,
                                    versions=versions))
     files = [p.location.url for p in parts]
-    reader = ctx.spark.read.options(**jvm.read_options(ctx.keys)) if encrypted else ctx.spark.read
-    known = _schema_key(ctx.spark, parts) if encrypted and schema is None else None
+    read_options = jvm.read_options(ctx.keys) if encrypted else {}
+    reader = ctx.spark.read.options(**read_options)
+    # per key settings, as parquet-java keeps its keys: a reader that may not decrypt a footer is not told
+    # the schema another reader's keys opened
+    known = (_schema_key(ctx.spark, read_options[jvm.ACCESS_TOKEN], parts) if encrypted and schema is None
+             else None)
     schema = schema if known is None else _known_schema(known)
     if schema is not None:
         reader = reader.schema(schema)
@@ -131,9 +135,9 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
     return df.select(*columns) if columns is not None else df
 
 
-def _schema_key(spark, parts: Sequence[Part]) -> tuple:
+def _schema_key(spark, keys_token: str, parts: Sequence[Part]) -> tuple:
     settings = tuple(spark.conf.get(name, None) for name in _INFERENCE_SETTINGS)
-    return settings, tuple((p.location.url, p.tail.file_id, p.size) for p in parts)
+    return keys_token, settings, tuple((p.location.url, p.tail.file_id, p.size) for p in parts)
 
 
 def _known_schema(key: tuple) -> StructType | None:
