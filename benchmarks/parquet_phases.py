@@ -4,8 +4,9 @@ each timed on its own, plaintext Parquet against ppml (Spark's own reader, PME),
 
 For each query, ``--repeat`` rounds alternate the variant that goes first. In each round:
 
-* **plan**: the tables read (ppml: the manifest check of each table, Spark's schema, the reader's options)
-  and the query's DataFrame built;
+* **plan**: the tables read (ppml: the manifest check of each table and the reader's options; the schema
+  Spark inferred in the untimed first round is reused for the same checked files, where Spark's own reader
+  on plaintext infers it on every read) and the query's DataFrame built;
 * **run**: the query executed (``collect``): reading and decrypting the pages, the joins and aggregates;
 * **write**: the result written (plaintext: Spark's Parquet writer; ppml: encrypted, with its data-set
   manifest and signed provenance record), from a cached copy of the result, so that only the write counts.

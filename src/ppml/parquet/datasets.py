@@ -102,15 +102,17 @@ def _membership(location: Location, keyring: KeyRing | None,
                 versions: dict[str, int] | None) -> dict[str, Member] | None:
     """A single file's entry in the data set of its folder (if that folder is one), by the key ``""``."""
     folder = file_dataset(location)
-    version = latest_version(folder, keyring) if folder is not None else None
-    if folder is None or version is None:
+    if folder is None:
+        return None
+    version = latest_version(folder, keyring)
+    if version is None:
         return None
     if versions is not None:
         versions[folder.url] = version.manifest.version
     entry = version.members().get(location.name)
     if entry is None:
-        raise IntegrityError(f"{location.url} is not a member of the data set in {folder.url} (added or "
-                             "renamed)", path=location.url, hint="restore the data set from a trusted copy")
+        raise IntegrityError(f"{location.url} is not a member of the data set in {folder.url} (added or renamed)",
+                             path=location.url, hint="restore the data set from a trusted copy")
     return {"": entry}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ppml.errors import ConfigError
 from ppml.keys.settings import KeySettings
 
-__all__ = ["client_jar", "read_options", "write_options", "CLIENT_CLASS", "CRYPTO_FACTORY", "ACCESS_TOKEN"]
+__all__ = ["client_jar", "read_options", "write_options", "CLIENT_CLASS", "CRYPTO_FACTORY", "ACCESS_TOKEN", "CACHE_SECONDS"]
 
 CLIENT_CLASS = "io.ppml.parquet.PpmlKmsClient"
 CRYPTO_FACTORY = "org.apache.parquet.crypto.keytools.PropertiesDrivenCryptoFactory"
@@ -36,7 +36,7 @@ ACCESS_TOKEN = "parquet.encryption.key.access.token"
 _SOURCE_ROOT = Path(__file__).resolve().parent / "java"
 _SOURCES = sorted(_SOURCE_ROOT.rglob("*.java"))
 #: parquet-java's own KEK cache; ppml's agent caches keys for as long as their backend allows.
-_CACHE_SECONDS = "60"
+CACHE_SECONDS = 60
 
 
 def _digest() -> str:
@@ -116,7 +116,7 @@ def read_options(keys: KeySettings) -> dict[str, str]:
         # keeps a reader with fewer keys from using keys that another reader's settings unwrapped
         ACCESS_TOKEN: _access_token(python := _agent_python(), settings),
         "parquet.encryption.kms.client.class": CLIENT_CLASS,
-        "parquet.encryption.cache.lifetime.seconds": _CACHE_SECONDS,
+        "parquet.encryption.cache.lifetime.seconds": str(CACHE_SECONDS),
         "ppml.parquet.agent.python": python,
     }
     options.update({f"ppml.keys.{name}": value for name, value in settings.items()})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -49,13 +50,15 @@ ENGINE_OPTION = "parquetEngine"
 # Spark infers a Parquet read's schema with a job that reads a footer. An encrypted read's files are checked
 # against their manifests first, and each footer is authenticated with its file's identity, so the schema
 # Spark inferred for the same files (URLs, identities, sizes) under the same settings still holds: later
-# reads pass it to Spark and skip that job.
-_SCHEMAS: OrderedDict[tuple, StructType] = OrderedDict()
+# reads pass it to Spark and skip that job. Reader options are not part of the key because this path hands
+# Spark none of the user's.
+_SCHEMAS: OrderedDict[tuple, tuple[float, StructType]] = OrderedDict()
 _SCHEMAS_LOCK = threading.Lock()
 _MAX_SCHEMAS = 256
 _INFERENCE_SETTINGS = ("spark.sql.parquet.binaryAsString", "spark.sql.parquet.int96AsTimestamp",
                        "spark.sql.parquet.inferTimestampNTZ.enabled", "spark.sql.legacy.parquet.nanosAsLong",
                        "spark.sql.parquet.mergeSchema", "spark.sql.caseSensitive")
+_CLIENT_READY: set[str] = set()  # applications whose driver loads ppml's key client
 
 
 def install_client(spark) -> None:
@@ -65,21 +68,24 @@ def install_client(spark) -> None:
     configuration (which tasks share in local mode), whose class loader sees only the jars the session
     started with; for a session started without ppml's ``spark.jars`` the jar joins that loader too.
     """
-    context = spark.sparkContext._jsc.sc()
-    jar = jvm.client_jar()
-    if jar.name in str(context.listJars().mkString(",")):
+    application = spark.sparkContext.applicationId
+    if application in _CLIENT_READY:
         return
-    context.addJar(str(jar))
+    jar = jvm.client_jar()
     loader = spark.sparkContext._jsc.hadoopConfiguration().getClassLoader()
     try:
         spark._jvm.java.lang.Class.forName(jvm.CLIENT_CLASS, False, loader)
     except Py4JJavaError:
         try:
             loader.addURL(spark._jvm.java.io.File(str(jar)).toURI().toURL())
-        except Py4JError:
+        except Py4JError as error:
             raise ConfigError(f"cannot add ppml's parquet-java key client ({jar}) to this Spark driver",
                               hint=f"start the session with spark.jars={jar} (ppml.spark.secure_session "
-                                   "does)") from None
+                                   "does)") from error
+    context = spark.sparkContext._jsc.sc()
+    if jar.name not in str(context.listJars().mkString(",")):
+        context.addJar(str(jar))
+    _CLIENT_READY.add(application)
 
 
 def _engine(ctx, options: dict[str, str], paths: list[str]) -> str:
@@ -136,21 +142,26 @@ def read(ctx, path: str | list[str], options: dict[str, str], schema: StructType
 
 
 def _schema_key(spark, keys_token: str, parts: Sequence[Part]) -> tuple:
+    """What a schema Spark inferred depends on: the files (by identity), the session settings that change
+    inference, and the key settings (a reader that may not open a footer is not told its schema)."""
     settings = tuple(spark.conf.get(name, None) for name in _INFERENCE_SETTINGS)
     return keys_token, settings, tuple((p.location.url, p.tail.file_id, p.size) for p in parts)
 
 
 def _known_schema(key: tuple) -> StructType | None:
+    """The schema remembered under ``key``, for as long as parquet-java keeps the keys that opened it."""
     with _SCHEMAS_LOCK:
         found = _SCHEMAS.get(key)
-        if found is not None:
-            _SCHEMAS.move_to_end(key)
-        return found
+        if found is None or time.monotonic() - found[0] > jvm.CACHE_SECONDS:
+            _SCHEMAS.pop(key, None)
+            return None
+        _SCHEMAS.move_to_end(key)
+        return found[1]
 
 
 def _remember_schema(key: tuple, schema: StructType) -> None:
     with _SCHEMAS_LOCK:
-        _SCHEMAS[key] = schema
+        _SCHEMAS[key] = (time.monotonic(), schema)
         while len(_SCHEMAS) > _MAX_SCHEMAS:
             _SCHEMAS.popitem(last=False)
 
