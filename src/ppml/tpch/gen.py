@@ -17,10 +17,12 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from ppml.errors import AlreadyExistsError, ConfigError, PpmlError, UsageError
+from ppml.errors import AlreadyExistsError, ConfigError, NotFoundError, PpmlError, UsageError
+from ppml.io.storage import Location, locate
 from ppml.tpch.schema import TABLE_NAMES
 
-__all__ = ["MARKER", "generate", "find_tpchgen", "read_scale", "read_marker"]
+__all__ = ["MARKER", "generate", "find_tpchgen", "read_scale", "read_marker", "require_tables",
+           "keep_scale"]
 
 #: Marker written next to the tables after a successful generation (JSON: scale, generator, files).
 MARKER = ".ppml-tpch.json"
@@ -66,6 +68,25 @@ def read_scale(out_dir: str | Path) -> float | None:
     """The scale factor recorded by :func:`generate` in ``out_dir``, or ``None`` if unknown."""
     data = read_marker(out_dir)
     return None if data is None else float(data["scale"])  # type: ignore[arg-type]
+
+
+def require_tables(input_dir: str, suffix: str, *, hint: str) -> Location:
+    """``input_dir`` (a folder or URL), refused unless it holds all eight ``<table><suffix>`` files."""
+    source = locate(input_dir)
+    names = {relative for relative, _ in source.files()}
+    missing = [t for t in TABLE_NAMES if f"{t}{suffix}" not in names]
+    if missing:
+        raise NotFoundError(f"{input_dir} has no {', '.join(t + suffix for t in missing)}", hint=hint)
+    return source
+
+
+def keep_scale(source: Location, output_dir: str) -> None:
+    """Record the scale of the tables in ``source`` beside their encrypted copies in ``output_dir``: Q11's
+    parameter depends on it."""
+    scale = read_scale(source.path) if source.is_local else None
+    if scale is not None:
+        with locate(output_dir).child(MARKER).open("wb") as handle:
+            handle.write(json.dumps({"scale": scale, "encrypted": True}).encode())
 
 
 def _complete(out_dir: Path, marker: dict[str, object]) -> bool:

@@ -8,7 +8,6 @@ rows. An encrypted folder is one data set of eight ``<table>.parquet`` members.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,14 +17,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from ppml.errors import NotFoundError
 from ppml.io.batch import Report
-from ppml.io.storage import locate
 from ppml.keys.settings import KeySettings
 from ppml.parquet import tables as pq_tables
 from ppml.parquet import tools
 from ppml.parquet.format import PARQUET_FORMAT
 from ppml.parquet.settings import ParquetEncryption
 from ppml.spark.context import PPMLContext
-from ppml.tpch.gen import MARKER, read_scale
+from ppml.tpch.gen import keep_scale, read_scale, require_tables
 from ppml.tpch.schema import TABLE_NAMES
 from ppml.tpch.tables import Tables, read_tbl_arrow
 
@@ -61,19 +59,12 @@ def encrypt_tables(input_dir: str, output_dir: str, *, keys: KeySettings, encryp
 
     Column keys apply to the tables that have the columns they name (``c_phone`` in customer only).
     """
-    source = locate(input_dir)
-    names = {relative for relative, _ in source.files()}
-    missing = [t for t in TABLE_NAMES if f"{t}{tools.PARQUET_SUFFIX}" not in names]
-    if missing:
-        raise NotFoundError(f"{input_dir} has no {', '.join(t + tools.PARQUET_SUFFIX for t in missing)}",
+    source = require_tables(input_dir, tools.PARQUET_SUFFIX,
                             hint="generate them with 'ppml tpch gen --format parquet'")
     report = tools.encrypt(input_dir, output_dir, keys=keys, encryption=encryption, input_format=PARQUET_FORMAT,
                            data_key=data_key, force=force, progress=progress,
                            only=[f"{t}{tools.PARQUET_SUFFIX}" for t in TABLE_NAMES])
-    scale = read_scale(input_dir) if source.is_local else None
-    if scale is not None:  # Q11's parameter depends on the scale: keep it beside the encrypted tables
-        with locate(output_dir).child(MARKER).open("wb") as handle:
-            handle.write(json.dumps({"scale": scale, "encrypted": True}).encode())
+    keep_scale(source, output_dir)
     return report
 
 

@@ -25,7 +25,7 @@ from ppml.io.encryption import Encryption
 from ppml.io.files import encrypt
 from ppml.io.storage import locate
 from ppml.spark.context import PPMLContext
-from ppml.tpch.gen import MARKER, read_scale
+from ppml.tpch.gen import keep_scale, require_tables
 from ppml.tpch.queries import COLUMNS_USED, run_query
 from ppml.tpch.schema import TABLE_NAMES, column_names, spark_schema
 from ppml.tpch.spec import query_label
@@ -69,19 +69,9 @@ def ppml_tables(ctx: PPMLContext, input_dir: str, crypto_mode: str, *, scale: fl
 def encrypt_tables(input_dir: str, output_dir: str, encryption: Encryption, *, force: bool = False,
                    progress: Callable[[int], None] | None = None) -> Report:
     """Encrypt the eight ``<table>.tbl`` files of ``input_dir`` into ``output_dir`` (``<table>.tbl.ppml``)."""
-    source = locate(input_dir)
-    names = {relative for relative, _ in source.files()}
-    missing = [t for t in TABLE_NAMES if f"{t}.tbl" not in names]
-    if missing:
-        from ppml.errors import NotFoundError
-
-        raise NotFoundError(f"{input_dir} has no {', '.join(t + '.tbl' for t in missing)}",
-                            hint="generate the tables with 'ppml tpch gen --scale S --out DIR'")
+    source = require_tables(input_dir, ".tbl", hint="generate the tables with 'ppml tpch gen --scale S --out DIR'")
     report = encrypt(input_dir, output_dir, force=force, progress=progress, **encryption.writer_arguments())
-    scale = read_scale(input_dir) if source.is_local else None
-    if scale is not None:  # Q11's parameter depends on the scale: keep it beside the encrypted tables
-        with locate(output_dir).child(MARKER).open("wb") as handle:
-            handle.write(json.dumps({"scale": scale, "encrypted": True}).encode())
+    keep_scale(source, output_dir)
     return report
 
 
