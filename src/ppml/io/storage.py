@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -29,10 +30,12 @@ from ppml.errors import AlreadyExistsError, ConfigError, NotFoundError, UsageErr
 from ppml.io import azure as _azure
 from ppml.io.azure import AZURE_PROTOCOLS, AzureAuth, AzureStorageSettings
 
-__all__ = ["Location", "locate", "staged_output", "move_files"]
+__all__ = ["Location", "locate", "staged_output", "move_files", "staging_folder", "remove_staging", "TEMPORARY"]
 
 _PROTOCOL_EXTRAS = {"abfs": "azure", "abfss": "azure", "az": "azure"}
 HIDDEN_PREFIXES = (".", "_")
+#: Where writers stage files not yet published, under the output folder (hidden from readers).
+TEMPORARY = "_temporary"
 _log = logging.getLogger(__name__)
 
 
@@ -438,3 +441,18 @@ def move_files(root: Location, pairs: Sequence[tuple[str, str]]) -> None:
     if pairs:
         with root.errors():
             root.fs.rm([src for src, _ in pairs])
+
+
+def staging_folder(root: Location, job: str | None = None) -> Location:
+    """A folder under ``root/_temporary/`` (hidden from readers) for files not yet published."""
+    return root.child(f"{TEMPORARY}/{job or uuid.uuid4().hex[:16]}")
+
+
+def remove_staging(folder: Location) -> None:
+    """Delete a staging folder, and ``_temporary`` above it once nothing is in it (another writer's staging
+    folder, even empty, stays)."""
+    if folder.exists():
+        folder.remove(recursive=True)
+    parent = folder.at(posixpath.dirname(folder.path.rstrip("/")))
+    if parent.name == TEMPORARY:
+        parent.remove_if_empty()

@@ -13,8 +13,6 @@ may check the manifest.
 
 from __future__ import annotations
 
-import posixpath
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,9 +32,7 @@ from ppml.parquet.keymaterial import external_material_name
 from ppml.parquet.masterkeys import master_backend
 
 __all__ = ["Part", "read_file_tail", "is_encrypted_parquet", "part_info", "checked_parts", "manifest_key",
-           "staging_folder", "publish", "member_of", "remove_staging", "TEMPORARY"]
-
-TEMPORARY = "_temporary"
+           "publish", "member_of"]
 
 
 @dataclass(frozen=True)
@@ -128,11 +124,6 @@ def manifest_key(keys: KeySettings, footer_key: str,
     return key, (wrapped,)
 
 
-def staging_folder(root: Location, job: str | None = None) -> Location:
-    """A folder under ``root/_temporary/`` (hidden from readers) for files not yet published."""
-    return root.child(f"{TEMPORARY}/{job or uuid.uuid4().hex[:16]}")
-
-
 def _sidecar(location: Location) -> Location:
     return location.sibling(external_material_name(location.name))
 
@@ -171,12 +162,3 @@ def member_of(root: Location, relative: str):
     location = root.child(relative)
     tail = read_file_tail(location)
     return member(relative, get_format(PARQUET_FORMAT), part_info(location, tail), tail.size)
-
-
-def remove_staging(folder: Location) -> None:
-    """Delete a staging folder, and ``_temporary`` above it once empty."""
-    if folder.exists():
-        folder.remove(recursive=True)
-    parent = folder.at(posixpath.dirname(folder.path.rstrip("/")))
-    if parent.name == TEMPORARY:
-        parent.remove_if_empty()

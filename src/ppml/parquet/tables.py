@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ppml.errors import AlreadyExistsError, KeyAccessError, PpmlError, UsageError
-from ppml.io.storage import Location, locate, move_files
+from ppml.io.storage import Location, locate, move_files, remove_staging, staging_folder
 from ppml.keys.keyring import KeyRing
 from ppml.keys.settings import KeySettings
 from ppml.parquet import footer as pq_footer
@@ -30,8 +30,6 @@ from ppml.parquet.datasets import (
     checked_parts,
     manifest_key,
     publish,
-    remove_staging,
-    staging_folder,
 )
 from ppml.parquet.keymaterial import external_material_name
 from ppml.parquet.kms import FileKeys, arrow_filesystem, decryption_properties, encryption_properties, explain_failure

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark import TaskContext
 from pyspark.sql.datasource import DataSourceArrowWriter, DataSourceReader, Filter, InputPartition, WriterCommitMessage
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
@@ -32,15 +31,13 @@ from pyspark.sql.types import StructType
 from ppml.crypto.envelope import WrappedKey
 from ppml.crypto.formats import get_format
 from ppml.errors import ConfigError, IntegrityError, NotFoundError, PpmlError
-from ppml.io.storage import Location, locate, move_files
+from ppml.io.storage import Location, locate, move_files, remove_staging, staging_folder
 from ppml.parquet.datasets import (
     Part,
     checked_parts,
     manifest_key,
     publish,
     read_file_tail,
-    remove_staging,
-    staging_folder,
 )
 from ppml.parquet.kms import decryption_properties, explain_failure
 from ppml.parquet.masterkeys import master_key_of
@@ -50,11 +47,10 @@ from ppml.spark.options import SourceOptions
 from ppml.spark.provenance import attestation_records, record_provenance
 from ppml.spark.pushdown import split_filters
 from ppml.spark.reader import FilteringPpmlReader, _conform, arrow_schema
+from ppml.spark.writer import SUCCESS, task_input
 
 __all__ = ["infer_schema", "encrypted", "encryption", "manifest_envelope", "ParquetReader", "FilteringParquetReader",
            "ParquetWriter"]
-
-SUCCESS = "_SUCCESS"
 
 
 def encrypted(options: SourceOptions) -> bool:
@@ -194,17 +190,13 @@ class ParquetWriter(DataSourceArrowWriter):
         return locate(self.options.paths[0], azure=self.options.storage)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> ParquetPart:
-        context = TaskContext.get()
-        partition = context.partitionId() if context else 0
-        attempt = context.attemptNumber() if context else 0
-        first = next(iterator, None)
-        if first is None and partition != 0:
+        task = task_input(iterator)
+        if task.first is None and task.partition != 0:
             return ParquetPart(None, None)
-        name = f"part-{partition:05d}-{self.job_id}.parquet"
-        staged = staging_folder(self._root(), f"{self.job_id}/{attempt}").child(name)
-        schema = first.schema if first is not None else arrow_schema(self.schema)
-        batches = iter(()) if first is None else _chain(first, iterator)
-        write_part(staged, schema, batches, keys=self.options.keys, encryption=self.encryption)
+        name = f"part-{task.partition:05d}-{self.job_id}.parquet"
+        staged = staging_folder(self._root(), f"{self.job_id}/{task.attempt}").child(name)
+        schema = task.first.schema if task.first is not None else arrow_schema(self.schema)
+        write_part(staged, schema, task.batches, keys=self.options.keys, encryption=self.encryption)
         return ParquetPart(staged.url, name, tuple(attestation_records()))
 
     def commit(self, messages: list[ParquetPart | None]) -> None:
@@ -237,8 +229,3 @@ def _publish_plain(root: Location, parts: list[tuple[Location, str]], *, replace
             if relative not in produced:
                 root.child(relative).remove()
     move_files(root, [(staged.path, root.child(name).path) for staged, name in parts])
-
-
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest

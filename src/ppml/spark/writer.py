@@ -31,13 +31,12 @@ from ppml.crypto.manifest import Member
 from ppml.errors import ConfigError
 from ppml.io.datasets import DataSetVersion, commit_version, member
 from ppml.io.files import describe
-from ppml.io.storage import Location, locate, move_files
+from ppml.io.storage import Location, locate, move_files, remove_staging, staging_folder
 from ppml.spark.options import SourceOptions
 from ppml.spark.provenance import attestation_records, record_provenance
 
-__all__ = ["PpmlWriter", "PartCommit", "TEMPORARY", "SUCCESS"]
+__all__ = ["PpmlWriter", "PartCommit", "SUCCESS", "task_input"]
 
-TEMPORARY = "_temporary"
 SUCCESS = "_SUCCESS"
 
 
@@ -79,25 +78,21 @@ class PpmlWriter(DataSourceArrowWriter):
         return locate(self.options.paths[0], azure=self.options.storage)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> PartCommit:
-        context = TaskContext.get()
-        partition = context.partitionId() if context else 0
-        attempt = context.attemptNumber() if context else 0
-        first = next(iterator, None)
-        if first is None and partition != 0:
+        task = task_input(iterator)
+        if task.first is None and task.partition != 0:
             return PartCommit(None, None)
         fmt = get_format(self.format)
         root = self._root()
-        name = f"part-{partition:05d}-{self.job_id}.{self.options.text.format}{fmt.suffix}"
-        staged = root.child(f"{TEMPORARY}/{self.job_id}/{attempt}-{name}")
+        name = f"part-{task.partition:05d}-{self.job_id}.{self.options.text.format}{fmt.suffix}"
+        staged = staging_folder(root, self.job_id).child(f"{task.attempt}-{name}")
         final = root.child(name)
         key, envelope = None, ()
         if fmt.encrypted:
             envelope = self.options.envelope()
             key = self.options.keys.keyring().unwrap(envelope, name=f"the data key for {root.url}")
-        batches = iter(()) if first is None else _chain(first, iterator)
         with staged.open("wb") as raw, fmt.open_writer(raw, key, envelope, name=final.url,
                                                        **self.writer_options) as out:
-            self._encode(batches, out, first.schema if first is not None else None)
+            self._encode(task.batches, out, task.first.schema if task.first is not None else None)
         part = member(name, fmt, describe(staged, fmt), staged.size()) if fmt.encrypted else None
         return PartCommit(staged.url, final.url, part, tuple(attestation_records()))
 
@@ -176,10 +171,26 @@ class PpmlWriter(DataSourceArrowWriter):
         self._cleanup(self._root())
 
     def _cleanup(self, root: Location) -> None:
-        temporary = root.child(f"{TEMPORARY}/{self.job_id}")
-        if temporary.exists():
-            temporary.remove(recursive=True)
-        root.child(TEMPORARY).remove_if_empty()
+        remove_staging(staging_folder(root, self.job_id))
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What a write task was given: its partition, its attempt, and its rows (``first`` is ``None`` when
+    there are none)."""
+
+    partition: int
+    attempt: int
+    first: pa.RecordBatch | None
+    batches: Iterator[pa.RecordBatch]
+
+
+def task_input(iterator: Iterator[pa.RecordBatch]) -> TaskInput:
+    """The task's place and rows, its first batch looked at (an empty task past the first writes no part)."""
+    context = TaskContext.get()
+    first = next(iterator, None)
+    return TaskInput(context.partitionId() if context else 0, context.attemptNumber() if context else 0, first,
+                     iter(()) if first is None else _chain(first, iterator))
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
